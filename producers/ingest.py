@@ -1,0 +1,142 @@
+"""Reading ids: validation, de-duplication and batching, streamed, in flat memory.
+
+Pure, no Redis: `submit.py` feeds what these yield into the store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, TypeVar
+
+T = TypeVar("T")
+
+MAX_ID_LENGTH = 128
+ID_RULE = "1 to 128 printable ASCII characters, no spaces, no '/', '\\' or '%'"
+_VALID_ID = re.compile(r"[!-$&-.0-\[\]-~]{1,128}")  # 0x21-0x7E less '%', '/', '\'
+HEADER_WORDS = frozenset({"media_id", "media_ids", "id", "ids", "mediaid"})
+INVALID_REASON = "invalid_id"
+
+
+def id_problem(media_id: str) -> str | None:
+    """Why `media_id` cannot be sent to the API, or None if it can."""
+    if _VALID_ID.fullmatch(media_id):
+        return None
+    if not media_id:
+        return "empty"
+    if len(media_id) > MAX_ID_LENGTH:
+        return f"{len(media_id)} characters long (at most {MAX_ID_LENGTH})"
+    bad = next(c for c in media_id if not _VALID_ID.fullmatch(c))
+    if bad.isspace():
+        return "contains whitespace"
+    if not bad.isprintable():
+        return f"contains the control character {bad!r}"
+    if not bad.isascii():
+        return f"contains the non-ASCII character {bad!r}"
+    return f"contains {bad!r}"
+
+
+@dataclass
+class Line:
+    """One id as read: its line number, its text, and why it is invalid (None if valid)."""
+
+    number: int
+    text: str
+    problem: str | None = None
+
+
+def read_lines(source: Iterable[bytes | str]) -> Iterator[Line]:
+    """Ids from lines (bytes or text): surrounding whitespace stripped, blank lines and
+    a header line skipped, undecodable bytes reported as invalid."""
+    first = True
+    for number, raw in enumerate(source, start=1):
+        if isinstance(raw, bytes):
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                text = raw.strip().decode("utf-8", "backslashreplace")
+                yield Line(number, text, "not valid UTF-8")
+                first = False
+                continue
+        else:
+            text = raw.strip()
+        if not text:
+            continue
+        if first and text.lower() in HEADER_WORDS:
+            first = False
+            continue
+        first = False
+        yield Line(number, text, id_problem(text))
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """`text` as it can be shown in a message or stored as a key: escaped, truncated."""
+    shown = text.encode("unicode_escape").decode("ascii")
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of `size` items (the last may be shorter)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass
+class Deduplicator:
+    """Keeps the first occurrence of each id, in memory up to `memory_limit` ids, then
+    spilled to `partitions` temporary files by hash, so memory stays flat at any size."""
+
+    memory_limit: int = 1_000_000
+    partitions: int = 256
+    added: int = 0
+    _seen: dict[str, None] = field(default_factory=dict)
+    _files: list[IO[str]] = field(default_factory=list)
+    _dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def add(self, media_id: str) -> None:
+        self.added += 1
+        if self._files:
+            self._files[hash(media_id) % self.partitions].write(media_id + "\n")
+            return
+        self._seen[media_id] = None
+        if len(self._seen) > self.memory_limit:
+            self._spill()
+
+    def _spill(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="wickson-purge-")
+        self._files = [
+            open(os.path.join(self._dir.name, f"{n:03d}"), "w+", encoding="utf-8")  # noqa: SIM115
+            for n in range(self.partitions)
+        ]
+        seen, self._seen = self._seen, {}
+        for media_id in seen:
+            self._files[hash(media_id) % self.partitions].write(media_id + "\n")
+
+    def __iter__(self) -> Iterator[str]:
+        """Each distinct id once (insertion order in memory; partition order once spilled)."""
+        if not self._files:
+            yield from self._seen
+            return
+        try:
+            for handle in self._files:
+                handle.seek(0)
+                yield from dict.fromkeys(line.rstrip("\n") for line in handle)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for handle in self._files:
+            handle.close()
+        self._files = []
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None

@@ -1,0 +1,280 @@
+"""One run of one batch: claim it, send its unresolved ids, commit every answer.
+
+A run may be a redelivery, a duplicate, or the retry of a run that died mid-request:
+everything it needs to know comes from the claim, and every outcome goes through the
+store's per-id commit, so running it twice never counts twice. Knows nothing of Celery:
+`tasks.py` turns `Deferred` into a countdown retry and publishes the successors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from worker.api import BatchOutcome, WicksonClient, is_not_found
+from worker.backoff import retry_wait
+from worker.errors import (
+    ApiError,
+    AuthFailed,
+    BadRequest,
+    Deferred,
+    RateLimited,
+    Retryable,
+)
+from worker.ratelimit import FleetLimiter
+from worker.settings import Settings
+from worker.store import BatchCommit, Claim, CommitResult, JobStore
+
+log = structlog.get_logger("wickson_purge.batch")
+
+PAUSED_POLL_S = 2.0
+"""How often a batch of a paused job looks again (it sends nothing meanwhile)."""
+
+MAX_429_IN_RUN = 20
+"""429s one run absorbs before it frees its worker slot and comes back later."""
+
+SPLIT_CODES = frozenset({"BATCH_TOO_LARGE", "INVALID_MEDIA_IDS"})
+"""400s answered by halving the request: a smaller server limit, or one bad id to isolate."""
+
+
+@dataclass
+class RunResult:
+    """What the task must do after a run: publish these batches."""
+
+    verdict: str
+    successors: list[int] = field(default_factory=list)
+
+
+class BatchRun:
+    """The state of one run of batch `index` of job `job_id`."""
+
+    def __init__(
+        self,
+        job_id: str,
+        index: int,
+        token: str,
+        *,
+        store: JobStore,
+        limiter: FleetLimiter,
+        api: WicksonClient,
+        settings: Settings,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.job_id, self.index, self.token = job_id, index, token
+        self.store, self.limiter, self.api, self.settings = store, limiter, api, settings
+        self.sleep = sleep
+        self.log = log.bind(job_id=job_id, batch=index)
+        self.pending: dict[str, int] = {}
+        self.uncertain = False
+        self.attempts = 0
+        self.unsent = BatchCommit()
+        """Counters not yet committed (429s, retries, requests)."""
+        self.last_error: ApiError | None = None
+        self.successors: list[int] = []
+        self.reason: str | None = None
+        self.released = False
+        self.rate_limited_in_run = 0
+        """Whether the last commit ended the run (lease released, crash count reset)."""
+
+    # -- the run -----------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        """Claim and process the batch. Raises Deferred to come back later."""
+        claim = self.store.claim(
+            self.job_id,
+            self.index,
+            self.token,
+            lease_s=self.settings.lease_s,
+            max_deliveries=self.settings.max_deliveries,
+        )
+        if claim.verdict == "gone":
+            self.log.warning("batch.gone", state=claim.state)
+            return RunResult("gone")
+        if claim.verdict == "done":
+            return RunResult("done", [int(j) for j in claim.extra.split(",") if j])
+        if claim.verdict == "busy":
+            raise Deferred(max(int(claim.extra), 100) / 1000, "batch owned by another run")
+        self.pending = {media_id: pos for pos, media_id in claim.pending()}
+        self.reason = claim.reason or None
+        self.attempts, self.uncertain = claim.attempts, claim.uncertain
+        if claim.verdict == "poison":
+            runs = claim.extra
+            return self._finish_all(
+                "failed", f"worker_crash_loop: {runs} runs ended without a verdict"
+            )
+        if claim.state in ("failed", "cancelled"):
+            return self._finish_all("skipped", self._stop_reason(claim))
+        if claim.state == "paused":
+            self._commit(BatchCommit(), final=True)
+            raise Deferred(PAUSED_POLL_S, "job paused")
+        try:
+            self._send_all()
+        except Deferred:
+            self._commit(BatchCommit(), final=True)
+            raise
+        if not self.released:
+            self._commit(BatchCommit(), final=True)
+        return RunResult("ok", self.successors)
+
+    def _send_all(self) -> None:
+        chunks: deque[list[str]] = deque([list(self.pending)])
+        while chunks:
+            if self.attempts >= self.settings.max_attempts:
+                self._give_up(chunks)
+                return
+            self.limiter.acquire(self.settings.max_wait_in_task_s)
+            chunk = chunks[0]
+            started = time.perf_counter()
+            try:
+                outcome = self.api.delete_batch(chunk, self.reason)
+            except RateLimited as exc:
+                self._on_rate_limited(exc)
+            except AuthFailed as exc:
+                self._on_auth_failed(exc)
+                return
+            except BadRequest as exc:
+                self._on_bad_request(exc, chunks)
+            except Retryable as exc:
+                self._on_retryable(exc)
+            else:
+                chunks.popleft()
+                retry = self._on_answer(outcome, time.perf_counter() - started, last=not chunks)
+                if retry:
+                    chunks.append(retry)
+
+    # -- answers -----------------------------------------------------------------------
+
+    def _on_answer(self, outcome: BatchOutcome, elapsed_s: float, *, last: bool) -> list[str]:
+        """Commit a 200; return the ids it did not account for (to send again)."""
+        self.attempts += 1
+        commit = BatchCommit(
+            deleted=[self.pending[i] for i in outcome.deleted],
+            hd_vectors=outcome.hd_vectors,
+            ld_vectors=outcome.ld_vectors,
+            operation_id=outcome.operation_id,
+            tries=1,
+            requests=1,
+        )
+        for media_id, reason in outcome.failed.items():
+            if self.uncertain and is_not_found(reason):
+                commit.absent.append(self.pending[media_id])
+            else:
+                commit.failed.append((self.pending[media_id], reason))
+        if outcome.unaccounted:
+            # The answer does not say what became of them: they may be gone already.
+            self.uncertain = commit.uncertain = True
+        result = self._commit(commit, final=last and not outcome.unaccounted)
+        self.log.info(
+            "batch.answer",
+            attempt=self.attempts,
+            deleted=len(commit.deleted),
+            failed=len(commit.failed),
+            absent=len(commit.absent),
+            unaccounted=len(outcome.unaccounted),
+            counted=result.counted,
+            operation_id=outcome.operation_id,
+            api_ms=round(elapsed_s * 1000, 1),
+            anomalies=outcome.anomalies or None,
+        )
+        for media_id in outcome.deleted + list(outcome.failed):
+            self.pending.pop(media_id, None)
+        return outcome.unaccounted
+
+    def _on_rate_limited(self, exc: RateLimited) -> None:
+        self.unsent.rate_limited += 1
+        self.unsent.requests += 1
+        self.rate_limited_in_run += 1
+        wait = self._backoff(exc, self.rate_limited_in_run)
+        paused = self.limiter.pause(wait)
+        self.log.info("batch.rate_limited", retry_after_s=exc.retry_after_s, fleet_paused_s=paused)
+        if self.rate_limited_in_run >= MAX_429_IN_RUN:
+            raise Deferred(paused, "rate limited again and again: freeing the worker slot")
+
+    def _on_retryable(self, exc: Retryable) -> None:
+        self.attempts += 1
+        self.last_error = exc
+        self.uncertain = self.uncertain or exc.maybe_deleted
+        self.unsent.tries += 1
+        self.unsent.requests += 1
+        self.unsent.retries += 1
+        self.unsent.uncertain = self.uncertain
+        wait = retry_wait(
+            exc,
+            self.attempts,
+            base_s=self.settings.backoff_base_s,
+            cap_s=self.settings.backoff_cap_s,
+        )
+        self.log.warning(
+            "batch.retry", attempt=self.attempts, error=str(exc), wait_s=round(wait, 3)
+        )
+        if self.attempts >= self.settings.max_attempts:
+            return
+        if wait > self.settings.max_wait_in_task_s:
+            raise Deferred(wait, exc.code)
+        self.sleep(wait)
+
+    def _on_bad_request(self, exc: BadRequest, chunks: deque[list[str]]) -> None:
+        self.attempts += 1
+        self.unsent.tries += 1
+        self.unsent.requests += 1
+        chunk = chunks.popleft()
+        if exc.code in SPLIT_CODES and len(chunk) > 1:
+            half = len(chunk) // 2
+            chunks.extendleft([chunk[half:], chunk[:half]])
+            self.log.info("batch.split", code=exc.code, size=len(chunk))
+            return
+        self.last_error = exc
+        self._commit(BatchCommit(failed=[(self.pending.pop(i), exc.code) for i in chunk]))
+
+    def _on_auth_failed(self, exc: AuthFailed) -> None:
+        self.unsent.requests += 1
+        self.last_error = exc
+        if self.store.stop(self.job_id, "failed", f"{exc.code}: {exc}"):
+            self.log.error("job.stopped", error=str(exc))
+        self._finish_all("skipped", exc.code)
+
+    # -- endings -----------------------------------------------------------------------
+
+    def _give_up(self, chunks: deque[list[str]]) -> None:
+        error = self.last_error
+        code = error.code if error else "UNKNOWN"
+        reason = f"{code}: gave up after {self.attempts} attempts ({error})"
+        self.log.error("batch.gave_up", attempts=self.attempts, error=str(error))
+        self._finish_all("failed", reason[:500])
+
+    def _finish_all(self, outcome: str, reason: str) -> RunResult:
+        """End the run: every id still pending gets `outcome` ('failed' or 'skipped')."""
+        entries = [(pos, reason) for pos in self.pending.values()]
+        commit = (
+            BatchCommit(failed=entries) if outcome == "failed" else BatchCommit(skipped=entries)
+        )
+        self.pending.clear()
+        self._commit(commit, final=True)
+        return RunResult(outcome, self.successors)
+
+    def _commit(self, commit: BatchCommit, *, final: bool = False) -> CommitResult:
+        """Commit `commit` plus the counters gathered since the last commit."""
+        commit.rate_limited += self.unsent.rate_limited
+        commit.retries += self.unsent.retries
+        commit.tries += self.unsent.tries
+        commit.requests += self.unsent.requests
+        commit.uncertain = commit.uncertain or self.unsent.uncertain
+        if self.last_error is not None:
+            commit.last_error = str(self.last_error)[:300]
+        commit.final = final
+        result = self.store.commit(self.job_id, self.index, self.token, commit)
+        self.unsent = BatchCommit()
+        self.released = final
+        self.successors.extend(result.successors)
+        return result
+
+    def _backoff(self, exc: ApiError, attempt: int) -> float:
+        s = self.settings
+        return round(retry_wait(exc, attempt, base_s=s.backoff_base_s, cap_s=s.backoff_cap_s), 3)
+
+    def _stop_reason(self, claim: Claim) -> str:
+        return f"job {claim.state}: {claim.job_error}" if claim.job_error else f"job {claim.state}"

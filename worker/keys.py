@@ -1,0 +1,77 @@
+"""Every Redis key wickson-purge writes, in one place.
+
+Layout, for prefix ``wp`` and job ``J`` (a batch is identified by its index ``i``):
+
+    wp:jobs                 zset   job id -> created (ms): the job list, newest last
+    wp:idem:<key>           string idempotency key -> job id (submit twice, one job)
+    wp:job:J                hash   the job record and its counters (see store.JOB_FIELDS)
+    wp:job:J:batches        hash   i -> the batch's ids, newline-joined (at most 100)
+    wp:job:J:resolved       bitmap bit i*128+k: id k of batch i has its outcome
+    wp:job:J:failed         hash   media id -> failure reason
+    wp:job:J:absent         set    ids found already deleted after an uncertain attempt
+    wp:job:J:skipped        hash   media id -> why it was not attempted (job stopped)
+    wp:job:J:reasons        hash   reason -> count of failed ids
+    wp:job:J:claims         hash   i -> runs of batch i that ended without a verdict
+    wp:job:J:attempts       hash   i -> API attempts spent on batch i
+    wp:job:J:uncertain      set    batches whose earlier attempt may have deleted ids
+    wp:job:J:ops            hash   i -> last API operation id for batch i
+    wp:job:J:lease:i        string the run that owns batch i now (expires)
+    wp:job:J:done           string set once, when the job finished (completion guard)
+    wp:rl:<scope>           hash   the fleet rate limiter: tat, paused_until, rate
+    wp:events               list   job-finished events, newest first (capped)
+
+Ids are packed 100 to a hash field: a 10M-id job is 100k fields, near the raw bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BITS_PER_BATCH = 128
+"""Stride of a batch in the resolved bitmap: 16 bytes, so BITCOUNT can range over bytes."""
+
+JOB_SUFFIXES = (
+    "batches",
+    "resolved",
+    "failed",
+    "absent",
+    "skipped",
+    "reasons",
+    "claims",
+    "attempts",
+    "uncertain",
+    "ops",
+    "done",
+)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str = "wp"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+    def job(self, job_id: str, suffix: str | None = None) -> str:
+        base = f"{self.prefix}:job:{job_id}"
+        return f"{base}:{suffix}" if suffix else base
+
+    def lease(self, job_id: str, index: int) -> str:
+        return f"{self.prefix}:job:{job_id}:lease:{index}"
+
+    def limiter(self, scope: str = "fleet") -> str:
+        return f"{self.prefix}:rl:{scope}"
+
+    def job_keys(self, job_id: str) -> list[str]:
+        """The record and every per-job structure, in the order the Lua scripts expect."""
+        return [self.job(job_id)] + [self.job(job_id, s) for s in JOB_SUFFIXES]

@@ -1,0 +1,16 @@
+-- Make a fully staged job runnable, in one step: a producer that dies while streaming
+-- leaves a staging job that expires and never runs.
+-- Extra KEYS: [13] the job index zset, [14] events.
+-- ARGV: job_id, batches_total, valid ids, unique ids, invalid ids, submitted lines, retention_s.
+-- Returns the job's state after sealing ('queued', or 'completed' for a job with no valid id).
+local state = redis.call('HGET', K_JOB, 'state')
+if not state then return redis.error_reply('NOJOB staging data expired') end
+if state ~= 'staging' then return state end
+local at = now_ms()
+redis.call('HSET', K_JOB, 'state', 'queued', 'batches_total', ARGV[2], 'valid', ARGV[3],
+  'unique', ARGV[4], 'invalid', ARGV[5], 'failed', ARGV[5], 'submitted', ARGV[6], 'queued_at', at)
+if tonumber(ARGV[5]) > 0 then redis.call('HSET', K_REASONS, 'invalid_id', ARGV[5]) end
+for i = 1, N_JOB_KEYS do redis.call('PERSIST', KEYS[i]) end
+redis.call('ZADD', KEYS[13], hnum(K_JOB, 'created_at'), ARGV[1])
+finish_if_complete(ARGV[7], KEYS[14])
+return redis.call('HGET', K_JOB, 'state')

@@ -1,0 +1,19 @@
+-- Stop a job that has not finished: state ARGV[1] ('failed' or 'cancelled'), error ARGV[2].
+-- Batches never dispatched are counted not attempted at once; batches in flight see the
+-- state at their claim and commit their remaining ids as not attempted.
+-- Extra KEYS: [13] events.  ARGV: state, error, retention_s.  Returns 1 if it stopped the job.
+local state = redis.call('HGET', K_JOB, 'state')
+if not state or state == 'completed' or state == 'failed' or state == 'cancelled' then
+  return 0
+end
+if state == 'staging' then return 0 end
+redis.call('HSET', K_JOB, 'state', ARGV[1], 'last_error', ARGV[2], 'stopped_at', now_ms())
+local total, dispatched = hnum(K_JOB, 'batches_total'), hnum(K_JOB, 'dispatched')
+if dispatched < total then
+  local size = hnum(K_JOB, 'batch_size')
+  redis.call('HSET', K_JOB, 'skipped_from', dispatched, 'dispatched', total)
+  redis.call('HINCRBY', K_JOB, 'not_attempted', hnum(K_JOB, 'valid') - size * dispatched)
+  redis.call('HINCRBY', K_JOB, 'batches_done', total - dispatched)
+end
+finish_if_complete(ARGV[3], KEYS[13])
+return 1

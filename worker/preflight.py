@@ -1,0 +1,41 @@
+"""Checks a worker makes before it takes any task: refuse to start rather than lose data."""
+
+from __future__ import annotations
+
+import redis
+import structlog
+
+from worker.errors import ConfigError
+from worker.logs import register_secret
+from worker.settings import Settings
+
+log = structlog.get_logger("wickson_purge.preflight")
+
+SAFE_POLICIES = frozenset({"noeviction"})
+
+
+def check_eviction_policy(client: redis.Redis) -> None:
+    """Refuse a Redis that may evict keys: queues and job state would silently vanish."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.ResponseError:
+        # CONFIG is often disabled on managed Redis: say so, do not guess.
+        log.warning("preflight.policy_unknown", hint="make sure maxmemory-policy is noeviction")
+        return
+    if isinstance(policy, bytes):
+        policy = policy.decode()
+    if policy not in SAFE_POLICIES:
+        raise ConfigError(
+            f"Redis maxmemory-policy is {policy!r}: it may evict queues and job state."
+            " Set `maxmemory-policy noeviction` (CONFIG SET maxmemory-policy noeviction)."
+        )
+
+
+def check_worker(settings: Settings, client: redis.Redis) -> None:
+    """Everything a worker needs: an API key, a reachable non-evicting Redis."""
+    register_secret(settings.require_api_key().get_secret_value())
+    try:
+        check_eviction_policy(client)
+    except redis.ConnectionError as exc:
+        raise ConfigError(f"cannot reach Redis at REDIS_URL: {exc}") from None
+    log.info("preflight.ok", api_url=settings.api_url, rate_limit=settings.rate_limit)

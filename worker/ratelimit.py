@@ -1,0 +1,83 @@
+"""One request rate for the whole fleet, kept in Redis.
+
+Every worker process of every job asks the same GCRA limiter (``lua/ratelimit.lua``) for a
+send slot, on Redis' clock, in one round trip. Slots are reservations: a caller learns
+when to send and sleeps until then, so N workers interleave at the set rate instead of
+polling. A 429 pauses the limiter itself, so one 429 is not followed by N more; after a
+pause, reservations resume one interval apart (no thundering herd).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from importlib import resources
+
+import redis
+
+from worker.errors import Deferred
+
+_SCRIPT = (resources.files("worker") / "lua" / "ratelimit.lua").read_text()
+
+
+class FleetLimiter:
+    """The fleet-wide request limiter: `acquire` before each API request."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        *,
+        rate: float,
+        burst: int = 1,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.redis = client
+        self.key = key
+        self.default_rate = rate
+        self.burst = burst
+        self.sleep = sleep
+        self._script = client.register_script(_SCRIPT)
+
+    def _call(self, op: str, max_wait_s: float = 0.0, pause_s: float = 0.0) -> int:
+        wait_us, _rate = self._script(
+            keys=[self.key],
+            args=[op, self.default_rate, self.burst, int(max_wait_s * 1e6), int(pause_s * 1e6)],
+        )
+        return int(wait_us)
+
+    def acquire(self, max_wait_s: float) -> float:
+        """Wait for a send slot; return the seconds waited. Raises Deferred when the slot
+        (or a pause) is further away than `max_wait_s`."""
+        wait_us = self._call("acquire", max_wait_s)
+        if wait_us < 0:
+            raise Deferred(-wait_us / 1e6, "next fleet send slot (rate limit or 429 pause)")
+        if wait_us == 0:
+            return 0.0
+        self.sleep(wait_us / 1e6)
+        # A 429 may have paused the fleet while we slept: Retry-After is law.
+        paused_us = self._call("check")
+        if paused_us > 0:
+            raise Deferred(paused_us / 1e6, "fleet paused by a 429")
+        return wait_us / 1e6
+
+    def pause(self, seconds: float) -> float:
+        """Pause the whole fleet for `seconds` (extends, never shortens, a pause); returns
+        the pause left."""
+        return self._call("pause", pause_s=seconds) / 1e6
+
+    def paused_for(self) -> float:
+        """Seconds left in the current fleet pause (0 if none)."""
+        return self._call("check") / 1e6
+
+    def set_rate(self, rate: float) -> None:
+        """Change the fleet's rate now (every worker reads it on its next acquire)."""
+        if not rate > 0:
+            raise ValueError(f"rate must be > 0 requests/s, got {rate!r}")
+        self.redis.hset(self.key, "rate", repr(float(rate)))
+
+    @property
+    def rate(self) -> float:
+        """The rate in force: the one set by `set_rate`, else the configured default."""
+        value = self.redis.hget(self.key, "rate")
+        return float(value) if value is not None else self.default_rate

@@ -1,0 +1,132 @@
+"""Configuration, read once from the environment (prefix ``WICKSON_``, plus ``REDIS_URL``).
+
+Every field names its unit and says why its default is what it is. A bad value fails at
+start-up with pydantic's message, which names the variable and what is allowed.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+REAL_API_URL = "https://api.wickson.ai"
+
+
+class Settings(BaseSettings):
+    """Settings of producers and workers; every worker of a fleet must share them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WICKSON_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    api_url: str = Field(REAL_API_URL, pattern=r"^https?://\S+$")
+    """Base URL of the Wickson API; tests and the demo point it at the local stand-in."""
+
+    api_key: SecretStr | None = None
+    """The caller's key. Required to run a worker, never to import or submit."""
+
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "WICKSON_REDIS_URL"),
+        pattern=r"^(redis|rediss|unix)://",
+    )
+    """Broker and results store (one Redis: one thing to run, back up and secure)."""
+
+    rate_limit: float = Field(10.0, gt=0, le=10_000)
+    """Fleet-wide API requests per second, shared by every worker and job."""
+
+    rate_burst: int = Field(1, ge=1, le=1_000)
+    """Requests allowed back to back above the steady rate (1: perfectly smooth)."""
+
+    request_timeout_s: float = Field(15.0, gt=0, le=300)
+    """One API call (the API answers in ~0.2 s); must fit inside the shutdown grace."""
+
+    shutdown_grace_s: float = Field(25.0, gt=0, le=3_600)
+    """Warm shutdown waits this long for running batches (Kubernetes gives 30 s)."""
+
+    max_attempts: int = Field(8, ge=1, le=100)
+    """API attempts per batch before its unresolved ids are failed with the last error."""
+
+    backoff_base_s: float = Field(0.5, gt=0, le=60)
+    """First backoff step; doubles per attempt, full jitter."""
+
+    backoff_cap_s: float = Field(30.0, gt=0, le=3_600)
+    """Longest single backoff (botocore caps at 20 s; a little more for 5xx storms)."""
+
+    max_wait_in_task_s: float = Field(5.0, ge=0, le=60)
+    """Waits longer than this free the worker slot and come back as a countdown retry."""
+
+    visibility_timeout_s: int = Field(3_600, ge=60)
+    """Redis transport redelivery delay for unacked messages; must exceed every countdown."""
+
+    lease_s: float = Field(300.0, gt=0)
+    """How long one run owns a batch; a duplicate delivery waits it out instead of racing."""
+
+    max_deliveries: int = Field(5, ge=1, le=100)
+    """Consecutive runs of a batch that ended without a verdict (crashes) before it is failed."""
+
+    dispatch_window: int = Field(256, ge=1, le=100_000)
+    """Batches of one job queued in the broker at once: backpressure, and prompt pause/cancel."""
+
+    job_retention_s: int = Field(7 * 24 * 3_600, ge=60)
+    """How long a finished job's results stay readable (no TTL while it runs)."""
+
+    max_job_ids: int = Field(50_000_000, ge=1)
+    """Guard rail: a larger job is refused before anything is sent."""
+
+    key_prefix: str = Field("wp", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    """Prefix of every Redis key, so several deployments can share one Redis."""
+
+    @model_validator(mode="after")
+    def _waits_fit(self) -> Settings:
+        if self.request_timeout_s >= self.shutdown_grace_s:
+            raise ValueError(
+                f"WICKSON_REQUEST_TIMEOUT_S={self.request_timeout_s:g} must be shorter than"
+                f" WICKSON_SHUTDOWN_GRACE_S={self.shutdown_grace_s:g}: a warm shutdown must"
+                " let the request in flight finish"
+            )
+        longest = max(self.backoff_cap_s, self.lease_s, self.max_wait_in_task_s)
+        if longest * 2 > self.visibility_timeout_s:
+            raise ValueError(
+                f"WICKSON_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must be at least twice"
+                f" the longest retry wait ({longest:g} s): an ETA longer than the visibility"
+                " timeout is redelivered again and again"
+            )
+        return self
+
+    def require_api_key(self) -> SecretStr:
+        """Return the API key, or raise ConfigError naming the variable."""
+        if self.api_key is None or not self.api_key.get_secret_value().strip():
+            raise ConfigError("WICKSON_API_KEY is not set: a worker needs the API key")
+        return self.api_key
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise ConfigError with pydantic's explanation."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration:\n{_explain(exc)}") from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if not loc:  # a cross-field rule: its input is every value, the key included
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+            continue
+        name = "REDIS_URL" if loc == "redis_url" else f"WICKSON_{loc.upper()}"
+        value = "" if loc == "api_key" else f" (got {err.get('input')!r})"
+        lines.append(f"  {name}: {err['msg']}{value}")
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use."""
+    return load_settings()

@@ -1,0 +1,374 @@
+"""The results store: jobs, their batches and every id's outcome, in Redis.
+
+All accounting happens inside Lua scripts (``worker/lua``), one round trip each, so a
+redelivered, re-run or concurrent batch can never count an id twice, and a job finishes
+exactly once. This module knows nothing of HTTP or Celery.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, ConfigDict
+
+from worker.errors import InputError, JobNotFound, StoreUnavailable
+from worker.keys import Keys
+
+JobState = Literal["staging", "queued", "running", "paused", "completed", "failed", "cancelled"]
+TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+BATCH_SIZE = 100
+"""The API's hard limit of ids per request."""
+
+STAGING_TTL_S = 3_600
+"""A staging job whose producer stops refreshing it for this long expires, never runs."""
+
+ClaimVerdict = Literal["gone", "done", "busy", "poison", "ok"]
+
+
+class JobStatus(BaseModel):
+    """A job's record and counters, as `status --json` prints them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job_id: str
+    state: JobState
+    reason: str | None = None
+    created_at: float | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    submitted: int = 0
+    total: int = 0
+    """Unique ids in the job (valid and invalid): the outcomes always add up to it."""
+    invalid: int = 0
+    batches_total: int = 0
+    batches_done: int = 0
+    deleted: int = 0
+    already_absent: int = 0
+    failed: int = 0
+    not_attempted: int = 0
+    hd_vectors: int = 0
+    ld_vectors: int = 0
+    requests: int = 0
+    rate_limited: int = 0
+    retries: int = 0
+    last_error: str | None = None
+    failure_reasons: dict[str, int] = {}
+
+    @property
+    def done(self) -> int:
+        """Ids that have their outcome."""
+        return self.deleted + self.already_absent + self.failed + self.not_attempted
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a run learns when it claims a batch."""
+
+    verdict: ClaimVerdict
+    state: str
+    ids: list[str] = field(default_factory=list)
+    resolved: str = ""
+    """One character per id, '1' when the id already has its outcome."""
+    attempts: int = 0
+    uncertain: bool = False
+    extra: str = ""
+    """busy: the lease's ms left; done: unfinished successors 'i,j,..'; ok: the run count."""
+    reason: str = ""
+    """The job's reason, sent with every request."""
+    job_error: str = ""
+    """The job's last error (why it stopped, for a stopped job)."""
+
+    def pending(self) -> list[tuple[int, str]]:
+        """(position, id) of the ids that still need an outcome."""
+        return [(pos, i) for pos, i in enumerate(self.ids) if self.resolved[pos : pos + 1] != "1"]
+
+
+@dataclass
+class BatchCommit:
+    """Outcomes of one API answer (or of a run's end), by position in the batch."""
+
+    deleted: list[int] = field(default_factory=list)
+    absent: list[int] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    hd_vectors: int = 0
+    ld_vectors: int = 0
+    tries: int = 0
+    requests: int = 0
+    rate_limited: int = 0
+    retries: int = 0
+    operation_id: str = ""
+    last_error: str = ""
+    uncertain: bool = False
+    final: bool = False
+    """The run ends with this commit: release the lease, reset the crash count."""
+
+    def payload(self) -> str:
+        return json.dumps(
+            {
+                "d": self.deleted,
+                "a": self.absent,
+                "f": self.failed,
+                "s": self.skipped,
+                "hd": self.hd_vectors,
+                "ld": self.ld_vectors,
+                "tries": self.tries,
+                "reqs": self.requests,
+                "r429": self.rate_limited,
+                "retries": self.retries,
+                "op": self.operation_id,
+                "err": self.last_error,
+                "unc": int(self.uncertain),
+                "fin": int(self.final),
+            },
+            separators=(",", ":"),
+        )
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What a commit did: new outcomes, whether the batch or job ended, what to publish."""
+
+    counted: int
+    batch_done: bool
+    job_finished: bool
+    successors: range
+
+
+def _load_script(name: str) -> str:
+    lua = resources.files("worker") / "lua"
+    return (lua / "common.lua").read_text() + "\n" + (lua / name).read_text()
+
+
+_INT_FIELDS = {
+    "submitted", "invalid", "batches_total", "batches_done", "deleted", "already_absent",
+    "failed", "not_attempted", "hd_vectors", "ld_vectors", "requests", "rate_limited",
+    "retries",
+}  # fmt: skip
+
+
+class JobStore:
+    """Jobs and their results in one Redis; every method is one or a few round trips."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        keys: Keys | None = None,
+        retention_s: int = 7 * 24 * 3_600,
+        window: int = 256,
+    ) -> None:
+        self.redis = client
+        self.keys = keys or Keys()
+        self.retention_s = retention_s
+        self.window = window
+        self._claim = client.register_script(_load_script("claim.lua"))
+        self._commit = client.register_script(_load_script("commit.lua"))
+        self._seal = client.register_script(_load_script("seal.lua"))
+        self._start = client.register_script(_load_script("start.lua"))
+        self._stop = client.register_script(_load_script("stop.lua"))
+
+    # -- producers ---------------------------------------------------------------------
+
+    def create(self, *, reason: str | None, idempotency_key: str | None = None) -> tuple[str, bool]:
+        """Create a staging job; return (job id, created). An idempotency key seen before
+        returns the job it created, unless that job died while staging."""
+        job_id = uuid.uuid4().hex
+        record: dict[str, str | int] = {
+            "job_id": job_id,
+            "state": "staging",
+            "reason": reason or "",
+            "created_at": int(time.time() * 1000),
+            "batch_size": BATCH_SIZE,
+        }
+        with _store_errors():
+            if idempotency_key is None:
+                self.redis.hset(self.keys.job(job_id), mapping=record)  # type: ignore[arg-type]
+                self.redis.expire(self.keys.job(job_id), STAGING_TTL_S)
+                return job_id, True
+            idem = self.keys.idempotency(idempotency_key)
+            with self.redis.pipeline() as pipe:
+                while True:
+                    try:
+                        pipe.watch(idem)  # type: ignore[no-untyped-call]
+                        existing = pipe.get(idem)
+                        if existing and pipe.exists(self.keys.job(_text(existing))):
+                            return _text(existing), False
+                        pipe.multi()
+                        pipe.set(idem, job_id, ex=self.retention_s)
+                        pipe.hset(self.keys.job(job_id), mapping=record)  # type: ignore[arg-type]
+                        pipe.expire(self.keys.job(job_id), STAGING_TTL_S)
+                        pipe.execute()
+                        return job_id, True
+                    except redis.WatchError:
+                        continue
+
+    def stage(
+        self,
+        job_id: str,
+        first_index: int,
+        batches: Sequence[Sequence[str]],
+        invalid: dict[str, str] | None = None,
+    ) -> int:
+        """Write batches (from `first_index` on) and invalid ids of a staging job in one
+        round trip, refreshing its staging TTL. Returns how many invalid ids were new."""
+        keys = self.keys
+        with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
+            if batches:
+                pipe.hset(
+                    keys.job(job_id, "batches"),
+                    mapping={first_index + n: "\n".join(b) for n, b in enumerate(batches)},
+                )
+            for media_id, why in (invalid or {}).items():
+                pipe.hsetnx(keys.job(job_id, "failed"), media_id, why)
+            for suffix in (None, "batches", "failed"):
+                pipe.expire(keys.job(job_id, suffix), STAGING_TTL_S)
+            replies = pipe.execute()
+        first = 1 if batches else 0
+        return sum(int(r) for r in replies[first : first + len(invalid or {})])
+
+    def seal(self, job_id: str, *, batches: int, valid: int, invalid: int, submitted: int) -> str:
+        """Make a staged job runnable (atomically); return its state ('queued' or, with
+        nothing valid to delete, 'completed')."""
+        with _store_errors():
+            try:
+                state = self._seal(
+                    keys=[*self.keys.job_keys(job_id), self.keys.jobs, self.keys.events],
+                    args=[job_id, batches, valid, valid + invalid, invalid, submitted,
+                          self.retention_s],
+                )  # fmt: skip
+            except redis.ResponseError as exc:
+                if "NOJOB" in str(exc):
+                    raise InputError(f"job {job_id} expired while staging") from None
+                raise
+        return _text(state)
+
+    # -- workers -----------------------------------------------------------------------
+
+    def start(self, job_id: str) -> range:
+        """Mark a queued job running; return the first batches to publish."""
+        with _store_errors():
+            first, n = self._start(keys=self.keys.job_keys(job_id), args=[self.window])
+        return range(int(first), int(first) + int(n))
+
+    def claim(
+        self, job_id: str, index: int, token: str, *, lease_s: float, max_deliveries: int
+    ) -> Claim:
+        """Take batch `index` for one run: its ids, which are resolved, and a lease."""
+        with _store_errors():
+            reply = self._claim(
+                keys=[*self.keys.job_keys(job_id), self.keys.lease(job_id, index)],
+                args=[index, token, int(lease_s * 1000), max_deliveries],
+            )
+        verdict, state = _text(reply[0]), _text(reply[1])
+        if len(reply) == 2:
+            return Claim(verdict, state)  # type: ignore[arg-type]
+        packed = _text(reply[2])
+        return Claim(
+            verdict=verdict,  # type: ignore[arg-type]
+            state=state,
+            ids=packed.split("\n") if packed else [],
+            resolved=_text(reply[3]),
+            attempts=int(reply[4]),
+            uncertain=bool(int(reply[5])),
+            extra=_text(reply[6]),
+            reason=_text(reply[7]) if len(reply) > 7 else "",
+            job_error=_text(reply[8]) if len(reply) > 8 else "",
+        )
+
+    def commit(self, job_id: str, index: int, token: str, outcome: BatchCommit) -> CommitResult:
+        """Record outcomes of batch `index`; ids that already have one are not counted."""
+        keys = [*self.keys.job_keys(job_id), self.keys.lease(job_id, index), self.keys.events]
+        with _store_errors():
+            counted, batch_done, finished, first, n = self._commit(
+                keys=keys,
+                args=[index, token, outcome.payload(), self.window, self.retention_s],
+            )
+        first, n = int(first), int(n)
+        return CommitResult(int(counted), bool(batch_done), bool(finished), range(first, first + n))
+
+    def release(self, job_id: str, index: int, token: str) -> None:
+        """Give up the lease of batch `index` if `token` holds it (its crash count stays)."""
+        lease = self.keys.lease(job_id, index)
+        with _store_errors():
+            if _text(self.redis.get(lease) or b"") == token:
+                self.redis.delete(lease)
+
+    def stop(self, job_id: str, state: Literal["failed", "cancelled"], error: str) -> bool:
+        """Stop an unfinished job; its ids not yet sent end `not_attempted`."""
+        with _store_errors():
+            stopped = self._stop(
+                keys=[*self.keys.job_keys(job_id), self.keys.events],
+                args=[state, error, self.retention_s],
+            )
+        return bool(stopped)
+
+    # -- readers -----------------------------------------------------------------------
+
+    def status(self, job_id: str) -> JobStatus:
+        """The job's record and counters; raises JobNotFound."""
+        with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.job(job_id))
+            pipe.hgetall(self.keys.job(job_id, "reasons"))
+            record, reasons = pipe.execute()
+        if not record:
+            raise JobNotFound(job_id)
+        return _to_status(record, reasons)
+
+    def exists(self, job_id: str) -> bool:
+        with _store_errors():
+            return bool(self.redis.exists(self.keys.job(job_id)))
+
+    def iter_failures(self, job_id: str, *, count: int = 1_000) -> Iterator[tuple[str, str]]:
+        """Stream (media id, reason) of every failed id, without loading them all."""
+        self.status(job_id)
+        with _store_errors():
+            for media_id, reason in self.redis.hscan_iter(
+                self.keys.job(job_id, "failed"), count=count
+            ):
+                yield _text(media_id), _text(reason)
+
+    def recent_jobs(self, limit: int = 50) -> list[str]:
+        """Ids of the newest jobs, newest first."""
+        with _store_errors():
+            return [_text(j) for j in self.redis.zrevrange(self.keys.jobs, 0, limit - 1)]
+
+
+def _to_status(record: dict[Any, Any], reasons: dict[Any, Any]) -> JobStatus:
+    fields = {_text(k): _text(v) for k, v in record.items()}
+    data: dict[str, Any] = {k: v for k, v in fields.items() if k not in _INT_FIELDS}
+    data.update({k: int(v) for k, v in fields.items() if k in _INT_FIELDS})
+    for stamp in ("created_at", "queued_at", "started_at", "finished_at"):
+        if stamp in fields:
+            data[stamp] = int(fields[stamp]) / 1000
+    data["total"] = int(fields.get("unique", 0))
+    data["reason"] = fields.get("reason") or None
+    data["last_error"] = fields.get("last_error") or None
+    data["failure_reasons"] = {_text(k): int(v) for k, v in reasons.items()}
+    return JobStatus.model_validate(data)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """Translate redis-py's connection errors into StoreUnavailable, in one place."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailable(f"Redis did not answer: {exc}") from exc

@@ -106,7 +106,7 @@ class BatchRun:
             return self._finish_all(
                 "failed", f"worker_crash_loop: {runs} runs ended without a verdict"
             )
-        if claim.state in ("failed", "cancelled"):
+        if claim.state in ("stopping", "failed", "cancelled"):
             return self._finish_all("skipped", self._stop_reason(claim))
         if claim.state == "paused":
             self._commit(BatchCommit(), final=True)
@@ -277,4 +277,4 @@ class BatchRun:
         return round(retry_wait(exc, attempt, base_s=s.backoff_base_s, cap_s=s.backoff_cap_s), 3)
 
     def _stop_reason(self, claim: Claim) -> str:
-        return f"job {claim.state}: {claim.job_error}" if claim.job_error else f"job {claim.state}"
+        return f"job stopped: {claim.job_error}" if claim.job_error else "job stopped"

@@ -22,7 +22,9 @@ from pydantic import BaseModel, ConfigDict
 from worker.errors import InputError, JobNotFound, StoreUnavailable
 from worker.keys import Keys
 
-JobState = Literal["staging", "queued", "running", "paused", "completed", "failed", "cancelled"]
+JobState = Literal[
+    "staging", "queued", "running", "paused", "stopping", "completed", "failed", "cancelled"
+]
 TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 BATCH_SIZE = 100
 """The API's hard limit of ids per request."""

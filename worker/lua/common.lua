@@ -43,7 +43,11 @@ local function finish_if_complete(retention_s, events_key)
   if hnum(K_JOB, 'batches_done') < hnum(K_JOB, 'batches_total') then return 0 end
   if not redis.call('SET', K_DONE, '1', 'NX') then return 0 end
   local state = redis.call('HGET', K_JOB, 'state')
-  if state ~= 'failed' and state ~= 'cancelled' then state = 'completed' end
+  if state == 'stopping' then
+    state = redis.call('HGET', K_JOB, 'stop_state')
+  else
+    state = 'completed'
+  end
   local at = now_ms()
   redis.call('HSET', K_JOB, 'state', state, 'finished_at', at)
   for i = 1, N_JOB_KEYS do redis.call('EXPIRE', KEYS[i], retention_s) end

@@ -1,13 +1,12 @@
--- Stop a job that has not finished: state ARGV[1] ('failed' or 'cancelled'), error ARGV[2].
--- Batches never dispatched are counted not attempted at once; batches in flight see the
--- state at their claim and commit their remaining ids as not attempted.
+-- Stop a job that has not finished: it ends in state ARGV[1] ('failed' or 'cancelled')
+-- with error ARGV[2]. Batches never dispatched are counted not attempted at once; the job
+-- is 'stopping' until the batches in flight, seeing that state at their claim, have
+-- committed their remaining ids as not attempted.
 -- Extra KEYS: [13] events.  ARGV: state, error, retention_s.  Returns 1 if it stopped the job.
 local state = redis.call('HGET', K_JOB, 'state')
-if not state or state == 'completed' or state == 'failed' or state == 'cancelled' then
-  return 0
-end
-if state == 'staging' then return 0 end
-redis.call('HSET', K_JOB, 'state', ARGV[1], 'last_error', ARGV[2], 'stopped_at', now_ms())
+if state ~= 'queued' and state ~= 'running' and state ~= 'paused' then return 0 end
+redis.call('HSET', K_JOB, 'state', 'stopping', 'stop_state', ARGV[1], 'last_error', ARGV[2],
+  'stopped_at', now_ms())
 local total, dispatched = hnum(K_JOB, 'batches_total'), hnum(K_JOB, 'dispatched')
 if dispatched < total then
   local size = hnum(K_JOB, 'batch_size')

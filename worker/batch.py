@@ -78,12 +78,44 @@ class BatchRun:
         self.reason: str | None = None
         self.released = False
         self.rate_limited_in_run = 0
+        self.api_s = 0.0
+        self.wait_s = 0.0
+        self.operation_id = ""
+        self.counted = {"deleted": 0, "absent": 0, "failed": 0, "skipped": 0}
+        """Outcomes this run committed (the store ignores ids it had counted already)."""
         """Whether the last commit ended the run (lease released, crash count reset)."""
 
     # -- the run -----------------------------------------------------------------------
 
     def run(self) -> RunResult:
         """Claim and process the batch. Raises Deferred to come back later."""
+        started = time.perf_counter()
+        try:
+            result = self._run()
+        except Deferred as exc:
+            self._log_run("deferred", started, countdown_s=round(exc.countdown_s, 3), why=exc.why)
+            raise
+        if result.verdict != "done":
+            self._log_run(result.verdict, started)
+        return result
+
+    def _log_run(self, verdict: str, started: float, **extra: object) -> None:
+        """The one line per run: outcome, counts, and where the time went."""
+        elapsed = time.perf_counter() - started
+        self.log.info(
+            "batch.run",
+            verdict=verdict,
+            attempt=self.attempts,
+            **self.counted,
+            elapsed_ms=round(elapsed * 1000, 2),
+            api_ms=round(self.api_s * 1000, 2),
+            wait_ms=round(self.wait_s * 1000, 2),
+            overhead_ms=round((elapsed - self.api_s - self.wait_s) * 1000, 2),
+            operation_id=self.operation_id or None,
+            **extra,
+        )
+
+    def _run(self) -> RunResult:
         claim = self.store.claim(
             self.job_id,
             self.index,
@@ -126,11 +158,14 @@ class BatchRun:
             if self.attempts >= self.settings.max_attempts:
                 self._give_up(chunks)
                 return
-            self.limiter.acquire(self.settings.max_wait_in_task_s)
+            self.wait_s += self.limiter.acquire(self.settings.max_wait_in_task_s)
             chunk = chunks[0]
             started = time.perf_counter()
             try:
-                outcome = self.api.delete_batch(chunk, self.reason)
+                try:
+                    outcome = self.api.delete_batch(chunk, self.reason)
+                finally:
+                    self.api_s += time.perf_counter() - started
             except RateLimited as exc:
                 self._on_rate_limited(exc)
             except AuthFailed as exc:
@@ -142,13 +177,13 @@ class BatchRun:
                 self._on_retryable(exc)
             else:
                 chunks.popleft()
-                retry = self._on_answer(outcome, time.perf_counter() - started, last=not chunks)
+                retry = self._on_answer(outcome, last=not chunks)
                 if retry:
                     chunks.append(retry)
 
     # -- answers -----------------------------------------------------------------------
 
-    def _on_answer(self, outcome: BatchOutcome, elapsed_s: float, *, last: bool) -> list[str]:
+    def _on_answer(self, outcome: BatchOutcome, *, last: bool) -> list[str]:
         """Commit a 200; return the ids it did not account for (to send again)."""
         self.attempts += 1
         commit = BatchCommit(
@@ -167,19 +202,15 @@ class BatchRun:
         if outcome.unaccounted:
             # The answer does not say what became of them: they may be gone already.
             self.uncertain = commit.uncertain = True
-        result = self._commit(commit, final=last and not outcome.unaccounted)
-        self.log.info(
-            "batch.answer",
-            attempt=self.attempts,
-            deleted=len(commit.deleted),
-            failed=len(commit.failed),
-            absent=len(commit.absent),
-            unaccounted=len(outcome.unaccounted),
-            counted=result.counted,
-            operation_id=outcome.operation_id,
-            api_ms=round(elapsed_s * 1000, 1),
-            anomalies=outcome.anomalies or None,
-        )
+        self._commit(commit, final=last and not outcome.unaccounted)
+        self.operation_id = outcome.operation_id
+        if outcome.anomalies:
+            self.log.warning(
+                "batch.answer_anomalies",
+                operation_id=outcome.operation_id,
+                anomalies=outcome.anomalies,
+                unaccounted=len(outcome.unaccounted),
+            )
         for media_id in outcome.deleted + list(outcome.failed):
             self.pending.pop(media_id, None)
         return outcome.unaccounted
@@ -267,6 +298,13 @@ class BatchRun:
             commit.last_error = str(self.last_error)[:300]
         commit.final = final
         result = self.store.commit(self.job_id, self.index, self.token, commit)
+        for name, entries in (
+            ("deleted", commit.deleted),
+            ("absent", commit.absent),
+            ("failed", commit.failed),
+            ("skipped", commit.skipped),
+        ):
+            self.counted[name] += len(entries)
         self.unsent = BatchCommit()
         self.released = final
         self.successors.extend(result.successors)

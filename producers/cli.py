@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import BinaryIO
 
+from producers import control
 from producers.ingest import printable
 from producers.progress import ProgressPrinter, summary
 from producers.submit import Job, store_for, submit, wait_for
@@ -180,6 +181,39 @@ def _failures(args: argparse.Namespace, _rest: list[str]) -> int:
         writer = csv.writer(out)
         writer.writerow(["media_id", "reason"])
         writer.writerows(rows)
+    return EXIT_OK
+
+
+def _control(args: argparse.Namespace, _rest: list[str]) -> int:
+    store = store_for(get_settings())
+    if args.command == "pause":
+        done = control.pause(store, args.job)
+    elif args.command == "cancel":
+        done = control.cancel(store, args.job)
+    else:
+        queued = control.resume(store, args.job)
+        done = queued is not None
+    state = store.status(args.job).state
+    if not done:
+        print(
+            f"wickson-purge: job {args.job} is {state}: cannot {args.command} it", file=sys.stderr
+        )
+        return EXIT_USAGE
+    print(f"job {args.job}: {state}")
+    return EXIT_OK
+
+
+def _recover(args: argparse.Namespace, _rest: list[str]) -> int:
+    settings = get_settings()
+    store = store_for(settings)
+    for job_id in args.job:
+        store.status(job_id)  # unknown ids are an error, not a silent no-op
+    stale = settings.stale_after_s if args.stale_after is None else args.stale_after
+    found = control.recover_lost(store, stale_s=stale, job_ids=args.job or None)
+    for job_id, n in found.items():
+        print(f"job {job_id}: " + ("start task sent again" if n < 0 else f"{n} batches requeued"))
+    if not found:
+        print("nothing lost")
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from producers.control import send_start
 from producers.ingest import INVALID_REASON, Deduplicator, Line, batched, printable, read_lines
 from worker.errors import InputError
 from worker.keys import Keys
@@ -175,10 +176,3 @@ def _scan(
         unique.close()
         raise
     return report, unique
-
-
-def send_start(job_id: str) -> None:
-    """Queue the task that starts the job on the fleet."""
-    from worker.celery import START_TASK, app
-
-    app.send_task(START_TASK, args=[job_id])

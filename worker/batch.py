@@ -31,9 +31,6 @@ from worker.store import BatchCommit, Claim, CommitResult, JobStore
 
 log = structlog.get_logger("wickson_purge.batch")
 
-PAUSED_POLL_S = 2.0
-"""How often a batch of a paused job looks again (it sends nothing meanwhile)."""
-
 MAX_429_IN_RUN = 20
 """429s one run absorbs before it frees its worker slot and comes back later."""
 
@@ -128,6 +125,8 @@ class BatchRun:
             return RunResult("gone")
         if claim.verdict == "done":
             return RunResult("done", [int(j) for j in claim.extra.split(",") if j])
+        if claim.verdict == "parked":
+            return RunResult("parked")
         if claim.verdict == "busy":
             raise Deferred(max(int(claim.extra), 100) / 1000, "batch owned by another run")
         self.pending = {media_id: pos for pos, media_id in claim.pending()}
@@ -140,13 +139,10 @@ class BatchRun:
             )
         if claim.state in ("stopping", "failed", "cancelled"):
             return self._finish_all("skipped", self._stop_reason(claim))
-        if claim.state == "paused":
-            self._commit(BatchCommit(), final=True)
-            raise Deferred(PAUSED_POLL_S, "job paused")
         try:
             self._send_all()
-        except Deferred:
-            self._commit(BatchCommit(), final=True)
+        except Deferred as exc:
+            self._commit(BatchCommit(later_s=exc.countdown_s), final=True)
             raise
         if not self.released:
             self._commit(BatchCommit(), final=True)

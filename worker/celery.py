@@ -16,6 +16,7 @@ from worker.settings import Settings, get_settings
 QUEUE = "wickson-purge"
 START_TASK = "wickson_purge.start_job"
 BATCH_TASK = "wickson_purge.delete_batch"
+WATCHDOG_TASK = "wickson_purge.watchdog"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -40,6 +41,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
+        "beat_schedule": {
+            "watchdog": {
+                "task": WATCHDOG_TASK,
+                "schedule": settings.watchdog_interval_s,
+                # A watchdog run that waited longer than its interval is stale: skip it.
+                "options": {"expires": settings.watchdog_interval_s},
+            }
+        },
     }
 
 

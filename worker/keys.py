@@ -17,6 +17,8 @@ Layout, for prefix ``wp`` and job ``J`` (a batch is identified by its index ``i`
     wp:job:J:ops            hash   i -> last API operation id for batch i
     wp:job:J:lease:i        string the run that owns batch i now (expires)
     wp:job:J:done           string set once, when the job finished (completion guard)
+    wp:job:J:inflight       zset   i -> when batch i was last queued (the watchdog's view)
+    wp:job:J:parked         set    batches of a paused job, set aside until it resumes
     wp:rl:<scope>           hash   the fleet rate limiter: tat, paused_until, rate
     wp:events               list   job-finished events, newest first (capped)
 
@@ -42,6 +44,8 @@ JOB_SUFFIXES = (
     "uncertain",
     "ops",
     "done",
+    "inflight",
+    "parked",
 )
 
 

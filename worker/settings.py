@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     dispatch_window: int = Field(256, ge=1, le=100_000)
     """Batches of one job queued in the broker at once: backpressure, and prompt pause/cancel."""
 
+    stale_after_s: float = Field(600.0, ge=10)
+    """A queued batch nobody took for this long lost its message: the watchdog requeues it."""
+
+    watchdog_interval_s: float = Field(60.0, ge=1)
+    """How often beat runs the watchdog (requeue lost batches, start lost starts)."""
+
     job_retention_s: int = Field(7 * 24 * 3_600, ge=60)
     """How long a finished job's results stay readable (no TTL while it runs)."""
 

@@ -32,7 +32,7 @@ BATCH_SIZE = 100
 STAGING_TTL_S = 3_600
 """A staging job whose producer stops refreshing it for this long expires, never runs."""
 
-ClaimVerdict = Literal["gone", "done", "busy", "poison", "ok"]
+ClaimVerdict = Literal["gone", "done", "parked", "busy", "poison", "ok"]
 
 
 class JobStatus(BaseModel):
@@ -115,6 +115,8 @@ class BatchCommit:
     operation_id: str = ""
     last_error: str = ""
     uncertain: bool = False
+    later_s: float = 0.0
+    """The run comes back by a countdown retry in this many seconds."""
     final: bool = False
     """The run ends with this commit: release the lease, reset the crash count."""
 
@@ -134,6 +136,7 @@ class BatchCommit:
                 "op": self.operation_id,
                 "err": self.last_error,
                 "unc": int(self.uncertain),
+                "later": int(self.later_s * 1000),
                 "fin": int(self.final),
             },
             separators=(",", ":"),
@@ -182,6 +185,9 @@ class JobStore:
         self._seal = client.register_script(_load_script("seal.lua"))
         self._start = client.register_script(_load_script("start.lua"))
         self._stop = client.register_script(_load_script("stop.lua"))
+        self._pause = client.register_script(_load_script("pause.lua"))
+        self._resume = client.register_script(_load_script("resume.lua"))
+        self._stalled = client.register_script(_load_script("stalled.lua"))
 
     # -- producers ---------------------------------------------------------------------
 
@@ -317,6 +323,46 @@ class JobStore:
                 args=[state, error, self.retention_s],
             )
         return bool(stopped)
+
+    # -- controls ----------------------------------------------------------------------
+
+    def pause(self, job_id: str) -> bool:
+        """Pause a queued or running job; False if it is in another state."""
+        self.status(job_id)
+        with _store_errors():
+            return bool(self._pause(keys=self.keys.job_keys(job_id)))
+
+    def resume(self, job_id: str) -> list[int] | Literal["start"]:
+        """Resume a paused job, or re-attempt the not-attempted ids of a failed or
+        cancelled one. Returns the batches to publish, or 'start' (send the start task)."""
+        self.status(job_id)
+        with _store_errors():
+            reply = self._resume(keys=self.keys.job_keys(job_id), args=[self.window])
+        if reply and _text(reply[0]) == "start":
+            return "start"
+        return [int(_text(j)) for j in reply]
+
+    def stalled(self, job_id: str, *, stale_s: float) -> list[int] | Literal["start"]:
+        """Batches of the job queued more than `stale_s` ago, unowned and unfinished (their
+        message was lost): re-stamped and returned for publishing; 'start' for a queued
+        job whose start task never ran."""
+        with _store_errors():
+            reply = self._stalled(
+                keys=self.keys.job_keys(job_id),
+                args=[int(stale_s * 1000), self.keys.lease(job_id, 0)[:-1]],
+            )
+        if reply and _text(reply[0]) == "start":
+            return "start"
+        return [int(_text(j)) for j in reply]
+
+    def jobs_in_states(self, states: frozenset[str], limit: int = 1_000) -> list[str]:
+        """Ids of the `limit` newest jobs whose state is in `states`."""
+        ids = self.recent_jobs(limit)
+        with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self.keys.job(job_id), "state")
+            found = pipe.execute()
+        return [j for j, st in zip(ids, found, strict=True) if st and _text(st) in states]
 
     # -- readers -----------------------------------------------------------------------
 

@@ -15,10 +15,11 @@ import structlog
 from celery import Task
 
 from worker.batch import BatchRun
-from worker.celery import BATCH_TASK, START_TASK, app
+from worker.celery import BATCH_TASK, START_TASK, WATCHDOG_TASK, app
 from worker.errors import Deferred, StoreUnavailable
 from worker.runtime import get_runtime
 from worker.store import JobStore
+from worker.watchdog import recover
 
 log = structlog.get_logger("wickson_purge.tasks")
 
@@ -81,3 +82,15 @@ def _release_quietly(store: JobStore, job_id: str, index: int, token: str) -> No
 def _jitter(seconds: float) -> float:
     """A countdown with up to 10% added, so retries of a paused fleet do not align."""
     return round(seconds * (1.0 + 0.1 * random.random()), 3)
+
+
+@app.task(name=WATCHDOG_TASK, ignore_result=True)
+def watchdog() -> dict[str, int]:
+    """Requeue batches (and start tasks) whose message was lost; run by beat."""
+    rt = get_runtime()
+    return recover(
+        rt.store,
+        stale_s=rt.settings.stale_after_s,
+        publish=publish,
+        start=lambda job_id: start_job.apply_async(args=(job_id,)),
+    )

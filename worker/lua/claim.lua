@@ -1,14 +1,15 @@
 -- Claim batch ARGV[1] for one run (token ARGV[2]), before any API call.
--- Extra KEYS: [13] the batch's lease key.  ARGV: index, token, lease_ms, max_deliveries.
+-- Extra KEYS: [N+1] the batch's lease key.  ARGV: index, token, lease_ms, max_deliveries.
 -- Returns {verdict, state, packed ids, resolved mask ('0'/'1' per id), attempts, uncertain,
 --          extra, the job's reason, the job's last error}.
 -- verdicts: gone (no such job/batch), done (every id has its outcome: nothing to send),
+-- parked (the job is paused: the batch waits in the parked set, the message is done),
 -- busy (another live run owns it), poison (too many runs died), ok.
 -- The last element: busy -> lease ms left; done -> unfinished successors 'i,j,...';
 -- ok/poison -> how many runs claimed it without a verdict, this one included.
 local index, token = tonumber(ARGV[1]), ARGV[2]
 local lease_ms, max_deliveries = tonumber(ARGV[3]), tonumber(ARGV[4])
-local K_LEASE = KEYS[13]
+local K_LEASE = KEYS[N_JOB_KEYS + 1]
 
 local state = redis.call('HGET', K_JOB, 'state')
 local packed = redis.call('HGET', K_BATCHES, index)
@@ -26,6 +27,13 @@ if resolved_count(index) >= size then
     if resolved_count(j) < batch_size(j) then left[#left + 1] = j end
   end
   return {'done', state, '', '', 0, 0, table.concat(left, ',')}
+end
+
+if state == 'paused' then
+  -- Set aside, atomically with the state check: resume publishes every parked batch.
+  redis.call('SADD', K_PARKED, index)
+  redis.call('ZREM', K_INFLIGHT, index)
+  return {'parked', state}
 end
 
 if not redis.call('SET', K_LEASE, token, 'NX', 'PX', lease_ms) then

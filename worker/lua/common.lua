@@ -5,7 +5,8 @@
 local K_JOB, K_BATCHES, K_RESOLVED, K_FAILED, K_ABSENT, K_SKIPPED, K_REASONS =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local K_CLAIMS, K_ATTEMPTS, K_UNCERTAIN, K_OPS, K_DONE = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local N_JOB_KEYS = 12
+local K_INFLIGHT, K_PARKED = KEYS[13], KEYS[14]
+local N_JOB_KEYS = 14
 local STRIDE = 128
 
 local function now_ms()
@@ -29,12 +30,15 @@ local function resolved_count(index)
 end
 
 -- Reserve up to `window` batches in flight; returns the first index and how many.
+-- Each is stamped in the in-flight set, where the watchdog finds messages that were lost.
 local function reserve(window)
   local total, dispatched = hnum(K_JOB, 'batches_total'), hnum(K_JOB, 'dispatched')
   local in_flight = dispatched - hnum(K_JOB, 'batches_done')
   local n = math.min(window - in_flight, total - dispatched)
   if n <= 0 then return dispatched, 0 end
   redis.call('HINCRBY', K_JOB, 'dispatched', n)
+  local at = now_ms()
+  for j = dispatched, dispatched + n - 1 do redis.call('ZADD', K_INFLIGHT, at, j) end
   return dispatched, n
 end
 
@@ -50,6 +54,7 @@ local function finish_if_complete(retention_s, events_key)
   end
   local at = now_ms()
   redis.call('HSET', K_JOB, 'state', state, 'finished_at', at)
+  redis.call('DEL', K_INFLIGHT, K_PARKED)
   for i = 1, N_JOB_KEYS do redis.call('EXPIRE', KEYS[i], retention_s) end
   redis.call('LPUSH', events_key, cjson.encode({
     job_id = redis.call('HGET', K_JOB, 'job_id'), state = state, finished_at = at}))

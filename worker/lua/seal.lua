@@ -1,6 +1,6 @@
 -- Make a fully staged job runnable, in one step: a producer that dies while streaming
 -- leaves a staging job that expires and never runs.
--- Extra KEYS: [13] the job index zset, [14] events.
+-- Extra KEYS: [N+1] the job index zset, [N+2] events.
 -- ARGV: job_id, batches_total, valid ids, unique ids, invalid ids, submitted lines, retention_s.
 -- Returns the job's state after sealing ('queued', or 'completed' for a job with no valid id).
 local state = redis.call('HGET', K_JOB, 'state')
@@ -11,6 +11,6 @@ redis.call('HSET', K_JOB, 'state', 'queued', 'batches_total', ARGV[2], 'valid', 
   'unique', ARGV[4], 'invalid', ARGV[5], 'failed', ARGV[5], 'submitted', ARGV[6], 'queued_at', at)
 if tonumber(ARGV[5]) > 0 then redis.call('HSET', K_REASONS, 'invalid_id', ARGV[5]) end
 for i = 1, N_JOB_KEYS do redis.call('PERSIST', KEYS[i]) end
-redis.call('ZADD', KEYS[13], hnum(K_JOB, 'created_at'), ARGV[1])
-finish_if_complete(ARGV[7], KEYS[14])
+redis.call('ZADD', KEYS[N_JOB_KEYS + 1], hnum(K_JOB, 'created_at'), ARGV[1])
+finish_if_complete(ARGV[7], KEYS[N_JOB_KEYS + 2])
 return redis.call('HGET', K_JOB, 'state')

@@ -2,7 +2,7 @@
 -- with error ARGV[2]. Batches never dispatched are counted not attempted at once; the job
 -- is 'stopping' until the batches in flight, seeing that state at their claim, have
 -- committed their remaining ids as not attempted.
--- Extra KEYS: [13] events.  ARGV: state, error, retention_s.  Returns 1 if it stopped the job.
+-- Extra KEYS: [N+1] events.  ARGV: state, error, retention_s.  Returns 1 if it stopped the job.
 local state = redis.call('HGET', K_JOB, 'state')
 if state ~= 'queued' and state ~= 'running' and state ~= 'paused' then return 0 end
 redis.call('HSET', K_JOB, 'state', 'stopping', 'stop_state', ARGV[1], 'last_error', ARGV[2],
@@ -14,5 +14,5 @@ if dispatched < total then
   redis.call('HINCRBY', K_JOB, 'not_attempted', hnum(K_JOB, 'valid') - size * dispatched)
   redis.call('HINCRBY', K_JOB, 'batches_done', total - dispatched)
 end
-finish_if_complete(ARGV[3], KEYS[13])
+finish_if_complete(ARGV[3], KEYS[N_JOB_KEYS + 1])
 return 1

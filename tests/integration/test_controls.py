@@ -1,0 +1,116 @@
+"""Job controls and recovery against real workers: pause, resume, cancel, the watchdog."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from ops.fake_api import RunningFakeApi
+from producers import control
+from producers.submit import Job
+from tests.helpers import wait_until
+from tests.integration.conftest import WorkerProcess
+from tests.integration.test_pipeline import assert_exact
+from worker.celery import QUEUE
+
+pytestmark = pytest.mark.integration
+
+
+def owned(n: int) -> list[str]:
+    return [f"vec-{i:07d}" for i in range(n)]
+
+
+def test_a_paused_job_sends_nothing_and_resumes_where_it_stopped(
+    fake_api: Callable[..., RunningFakeApi],
+    workers: Callable[..., WorkerProcess],
+    submit_job: Callable[..., Job],
+) -> None:
+    """Pause: no request reaches the API; resume: the job completes with exact counts."""
+    fake = fake_api(items=6_000)
+    workers(fake.url, rate_limit=100, concurrency=4)
+    job = submit_job(owned(6_000))
+    wait_until(lambda: job.status().deleted >= 500, timeout=30, what="progress")
+    assert control.pause(job.store, job.id)
+    keys, redis_ = job.store.keys, job.store.redis
+
+    def all_parked() -> bool:
+        """No message queued, no run in flight, every unfinished dispatched batch parked."""
+        record = redis_.hgetall(keys.job(job.id))
+        parked = redis_.scard(keys.job(job.id, "parked"))
+        return (
+            redis_.llen(QUEUE) == 0
+            and not list(redis_.scan_iter(keys.lease(job.id, 0)[:-1] + "*"))
+            and parked + int(record[b"batches_done"]) == int(record[b"dispatched"])
+        )
+
+    wait_until(all_parked, timeout=15, what="every batch parked")
+    quiet = fake.api.ledger().requests
+    assert job.status().state == "paused"
+    assert job.status().done < 6_000
+    assert fake.api.ledger().requests == quiet
+    assert control.resume(job.store, job.id)
+    job.wait(timeout=60, poll_s=0.1)
+    assert_exact(job, fake)
+    assert job.status().deleted == 6_000
+
+
+def test_a_cancelled_job_stops_within_a_second_and_counts_the_rest_not_attempted(
+    fake_api: Callable[..., RunningFakeApi],
+    workers: Callable[..., WorkerProcess],
+    submit_job: Callable[..., Job],
+) -> None:
+    """Cancel: state cancelled, every unique id has an outcome, the ledger agrees."""
+    fake = fake_api(items=10_000)
+    workers(fake.url, rate_limit=50, concurrency=4)
+    job = submit_job(owned(10_000))
+    wait_until(lambda: job.status().deleted >= 300, timeout=30, what="progress")
+    assert control.cancel(job.store, job.id)
+    final = job.wait(timeout=5, poll_s=0.05)
+    assert final.state == "cancelled"
+    assert final.not_attempted > 0
+    assert final.deleted == fake.api.ledger().deleted
+    assert final.done == final.total == 10_000
+
+
+def test_resume_after_a_revoked_key_is_restored_finishes_the_job(
+    fake_api: Callable[..., RunningFakeApi],
+    workers: Callable[..., WorkerProcess],
+    submit_job: Callable[..., Job],
+) -> None:
+    """401 fails the job; once the key works again, resume completes it exactly."""
+    fake = fake_api(items=8_000)
+    workers(fake.url, rate_limit=100, concurrency=4)
+    job = submit_job(owned(8_000))
+    wait_until(lambda: job.status().deleted >= 500, timeout=30, what="progress")
+    fake.api.revoke_key()
+    assert job.wait(timeout=15, poll_s=0.1).state == "failed"
+    fake.api.restore_key()
+    assert control.resume(job.store, job.id)
+    final = job.wait(timeout=60, poll_s=0.1)
+    assert final.state == "completed"
+    assert final.not_attempted == 0
+    assert_exact(job, fake)
+    assert final.deleted == 8_000
+
+
+def test_the_watchdog_requeues_batches_whose_messages_were_lost(
+    fake_api: Callable[..., RunningFakeApi],
+    workers: Callable[..., WorkerProcess],
+    submit_job: Callable[..., Job],
+    rclient: redis.Redis,
+) -> None:
+    """Every queued message deleted from the broker: recover() brings the job to the end."""
+    fake = fake_api(items=3_000)
+    job = submit_job(owned(3_000))
+    store = job.store
+    published = control.publish_batches(job.id, store.start(job.id))
+    assert published == 30
+    assert rclient.delete(QUEUE) == 1  # the start task's batches: all lost
+    workers(fake.url, rate_limit=400, concurrency=4)
+    found = control.recover_lost(store, stale_s=0)
+    assert found == {job.id: 30}
+    job.wait(timeout=30, poll_s=0.1)
+    assert_exact(job, fake)
+    assert control.recover_lost(store, stale_s=0) == {}

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default="-", help="file of ids, one per line ('-': stdin)")
     p.add_argument("--reason", required=True, help="why (logged by the API; at most 1000 chars)")
     p.add_argument("--idempotency-key", help="submitting twice with the same key makes one job")
+    p.add_argument(
+        "--key-alias", default="default", help="which of the workers' API keys (WICKSON_API_KEYS)"
+    )
     p.add_argument("--json", action="store_true", help="print a JSON object with job_id")
     p.add_argument("--wait", action="store_true", help="wait for the job; exit code as `wait`")
     p.set_defaults(run=_submit)
@@ -95,7 +98,11 @@ def _submit(args: argparse.Namespace, _rest: list[str]) -> int:
     settings = get_settings()
     with _open_input(args.file) as source:
         job = submit(
-            source, reason=args.reason, idempotency_key=args.idempotency_key, settings=settings
+            source,
+            reason=args.reason,
+            idempotency_key=args.idempotency_key,
+            settings=settings,
+            key_alias=args.key_alias,
         )
     _report_input(job)
     if args.json:

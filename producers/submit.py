@@ -20,7 +20,7 @@ from producers.control import send_start
 from producers.ingest import INVALID_REASON, Deduplicator, Line, batched, printable, read_lines
 from worker.errors import InputError
 from worker.keys import Keys
-from worker.settings import Settings, get_settings
+from worker.settings import DEFAULT_ALIAS, Settings, get_settings
 from worker.store import BATCH_SIZE, JobStatus, JobStore
 
 MAX_REASON_LENGTH = 1_000
@@ -103,6 +103,15 @@ def check_reason(reason: str | None) -> str | None:
     return reason.strip() or None
 
 
+def check_alias(store: JobStore, alias: str) -> None:
+    """Refuse a key alias no worker holds (the default one is fine before any worker ran)."""
+    known = store.known_aliases()
+    if alias in known or (alias == DEFAULT_ALIAS and not known):
+        return
+    allowed = ", ".join(sorted(known)) or DEFAULT_ALIAS
+    raise InputError(f"unknown key alias {alias!r}: the workers hold {allowed}")
+
+
 def store_for(settings: Settings, client: redis.Redis | None = None) -> JobStore:
     """The job store the settings point at."""
     return JobStore(
@@ -121,13 +130,17 @@ def submit(
     settings: Settings | None = None,
     client: redis.Redis | None = None,
     start: Callable[[str], None] | None = None,
+    key_alias: str = DEFAULT_ALIAS,
 ) -> Job:
     """Enqueue a job deleting `ids` (lines of text or bytes; blanks and duplicates are
     dropped, invalid ids recorded as failed `invalid_id`). Raises InputError."""
     settings = settings or get_settings()
     reason = check_reason(reason)
     store = store_for(settings, client)
-    job_id, created = store.create(reason=reason, idempotency_key=idempotency_key)
+    check_alias(store, key_alias)
+    job_id, created = store.create(
+        reason=reason, idempotency_key=idempotency_key, key_alias=key_alias
+    )
     if not created:
         return Job(job_id, store)
     report, unique = _scan(store, job_id, ids, max_ids=settings.max_job_ids)

@@ -21,6 +21,7 @@ from worker.errors import (
     ApiError,
     AuthFailed,
     BadRequest,
+    ConfigError,
     Deferred,
     RateLimited,
     Retryable,
@@ -56,14 +57,18 @@ class BatchRun:
         token: str,
         *,
         store: JobStore,
-        limiter: FleetLimiter,
-        api: WicksonClient,
         settings: Settings,
+        limiter: FleetLimiter | None = None,
+        api: WicksonClient | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        tenants: Callable[[str], tuple[WicksonClient, FleetLimiter]] | None = None,
     ) -> None:
         self.job_id, self.index, self.token = job_id, index, token
-        self.store, self.limiter, self.api, self.settings = store, limiter, api, settings
+        self.store, self.settings = store, settings
+        self._api, self._limiter = api, limiter
         self.sleep = sleep
+        self.tenants = tenants
+        """Client and limiter of a key alias; without it, `api` and `limiter` serve all."""
         self.log = log.bind(job_id=job_id, batch=index)
         self.pending: dict[str, int] = {}
         self.uncertain = False
@@ -139,6 +144,14 @@ class BatchRun:
             )
         if claim.state in ("stopping", "failed", "cancelled"):
             return self._finish_all("skipped", self._stop_reason(claim))
+        if self.tenants is not None:
+            try:
+                self._api, self._limiter = self.tenants(claim.key_alias)
+            except ConfigError as exc:
+                # Submit checks aliases against the fleet's: this worker lacks a key
+                # others have. Stop the job (resume once every worker has the key).
+                self.store.stop(self.job_id, "failed", f"UNKNOWN_KEY_ALIAS: {exc}")
+                return self._finish_all("skipped", "UNKNOWN_KEY_ALIAS")
         try:
             self._send_all()
         except Deferred as exc:
@@ -309,6 +322,18 @@ class BatchRun:
     def _backoff(self, exc: ApiError, attempt: int) -> float:
         s = self.settings
         return round(retry_wait(exc, attempt, base_s=s.backoff_base_s, cap_s=s.backoff_cap_s), 3)
+
+    @property
+    def api(self) -> WicksonClient:
+        if self._api is None:
+            raise ConfigError("BatchRun needs `api` or `tenants`")
+        return self._api
+
+    @property
+    def limiter(self) -> FleetLimiter:
+        if self._limiter is None:
+            raise ConfigError("BatchRun needs `limiter` or `tenants`")
+        return self._limiter
 
     def _stop_reason(self, claim: Claim) -> str:
         return f"job stopped: {claim.job_error}" if claim.job_error else "job stopped"

@@ -65,7 +65,7 @@ def _preflight(**_: Any) -> None:
     if not structlog.is_configured():
         configure_logging()
     runtime = get_runtime()
-    check_worker(runtime.settings, runtime.redis)
+    check_worker(runtime.settings, runtime.store)
 
 
 @signals.worker_process_init.connect

@@ -19,7 +19,8 @@ Layout, for prefix ``wp`` and job ``J`` (a batch is identified by its index ``i`
     wp:job:J:done           string set once, when the job finished (completion guard)
     wp:job:J:inflight       zset   i -> when batch i was last queued (the watchdog's view)
     wp:job:J:parked         set    batches of a paused job, set aside until it resumes
-    wp:rl:<scope>           hash   the fleet rate limiter: tat, paused_until, rate
+    wp:rl:<alias>           hash   the fleet rate limiter of one API key: tat, paused_until, rate
+    wp:aliases              set    API key aliases the workers hold (never the keys)
     wp:events               list   job-finished events, newest first (capped)
 
 Ids are packed 100 to a hash field: a 10M-id job is 100k fields, near the raw bytes.
@@ -73,8 +74,12 @@ class Keys:
     def lease(self, job_id: str, index: int) -> str:
         return f"{self.prefix}:job:{job_id}:lease:{index}"
 
-    def limiter(self, scope: str = "fleet") -> str:
-        return f"{self.prefix}:rl:{scope}"
+    def limiter(self, alias: str = "default") -> str:
+        return f"{self.prefix}:rl:{alias}"
+
+    @property
+    def aliases(self) -> str:
+        return f"{self.prefix}:aliases"
 
     def job_keys(self, job_id: str) -> list[str]:
         """The record and every per-job structure, in the order the Lua scripts expect."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import redis
 import structlog
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, StoreUnavailable
 from worker.logs import register_secret
 from worker.settings import Settings
+from worker.store import JobStore
 
 log = structlog.get_logger("wickson_purge.preflight")
 
@@ -31,11 +32,19 @@ def check_eviction_policy(client: redis.Redis) -> None:
         )
 
 
-def check_worker(settings: Settings, client: redis.Redis) -> None:
-    """Everything a worker needs: an API key, a reachable non-evicting Redis."""
-    register_secret(settings.require_api_key().get_secret_value())
+def check_worker(settings: Settings, store: JobStore) -> None:
+    """Everything a worker needs: an API key, a reachable non-evicting Redis. Registers
+    the key aliases it holds (names only) so that submit can check jobs against them."""
+    keys = settings.keys_by_alias()
+    if not keys:
+        settings.require_api_key()  # raises, naming the variable
+    for key in keys.values():
+        register_secret(key.get_secret_value())
     try:
-        check_eviction_policy(client)
-    except redis.ConnectionError as exc:
+        check_eviction_policy(store.redis)
+        store.register_aliases(sorted(keys))
+    except (redis.ConnectionError, StoreUnavailable) as exc:
         raise ConfigError(f"cannot reach Redis at REDIS_URL: {exc}") from None
-    log.info("preflight.ok", api_url=settings.api_url, rate_limit=settings.rate_limit)
+    log.info(
+        "preflight.ok", api_url=settings.api_url, rate_limit=settings.rate_limit, keys=sorted(keys)
+    )

@@ -17,7 +17,7 @@ from worker.api import WicksonClient
 from worker.keys import Keys
 from worker.logs import register_secret
 from worker.ratelimit import FleetLimiter
-from worker.settings import Settings, get_settings
+from worker.settings import DEFAULT_ALIAS, Settings, get_settings
 from worker.store import JobStore
 
 
@@ -28,37 +28,50 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     store: JobStore
-    limiter: FleetLimiter
-    api_factory: Callable[[], WicksonClient]
+    api_factory: Callable[[str], WicksonClient]
+    """Builds the client of one key alias."""
     sleep: Callable[[float], None] = time.sleep
-    _api: WicksonClient | None = field(default=None, repr=False)
+    _clients: dict[str, WicksonClient] = field(default_factory=dict, repr=False)
+    _limiters: dict[str, FleetLimiter] = field(default_factory=dict, repr=False)
 
-    @property
-    def api(self) -> WicksonClient:
-        """The process's API client, created on first use and reused."""
-        if self._api is None:
-            self._api = self.api_factory()
-        return self._api
+    def api(self, alias: str = DEFAULT_ALIAS) -> WicksonClient:
+        """The process's client for key `alias`, created on first use and reused.
+        Raises ConfigError for an alias this worker has no key for."""
+        if alias not in self._clients:
+            self._clients[alias] = self.api_factory(alias)
+        return self._clients[alias]
+
+    def limiter(self, alias: str = DEFAULT_ALIAS) -> FleetLimiter:
+        """The fleet limiter of key `alias` (rate limits belong to a key)."""
+        if alias not in self._limiters:
+            self._limiters[alias] = FleetLimiter(
+                self.redis,
+                self.store.keys.limiter(alias),
+                rate=self.settings.rate_limit,
+                burst=self.settings.rate_burst,
+                sleep=self.sleep,
+            )
+        return self._limiters[alias]
 
     def close(self) -> None:
-        if self._api is not None:
-            self._api.close()
-            self._api = None
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
 
 
 def build_runtime(
     settings: Settings,
     client: redis.Redis | None = None,
     *,
-    api_factory: Callable[[], WicksonClient] | None = None,
+    api_factory: Callable[[str], WicksonClient] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Runtime:
     """A runtime from settings; `client` and `api_factory` replace the real ones."""
     client = client or redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     keys = Keys(settings.key_prefix)
 
-    def make_api() -> WicksonClient:
-        key = settings.require_api_key()
+    def make_api(alias: str) -> WicksonClient:
+        key = settings.require_api_key(alias)
         register_secret(key.get_secret_value())
         return WicksonClient(settings.api_url, key, timeout_s=settings.request_timeout_s)
 
@@ -70,13 +83,6 @@ def build_runtime(
             keys=keys,
             retention_s=settings.job_retention_s,
             window=settings.dispatch_window,
-        ),
-        limiter=FleetLimiter(
-            client,
-            keys.limiter(),
-            rate=settings.rate_limit,
-            burst=settings.rate_burst,
-            sleep=sleep,
         ),
         api_factory=api_factory or make_api,
         sleep=sleep,

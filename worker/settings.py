@@ -6,14 +6,18 @@ start-up with pydantic's message, which names the variable and what is allowed.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from worker.errors import ConfigError
 
 REAL_API_URL = "https://api.wickson.ai"
+DEFAULT_ALIAS = "default"
+ALIAS_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
 
 class Settings(BaseSettings):
@@ -27,7 +31,13 @@ class Settings(BaseSettings):
     """Base URL of the Wickson API; tests and the demo point it at the local stand-in."""
 
     api_key: SecretStr | None = None
-    """The caller's key. Required to run a worker, never to import or submit."""
+    """The caller's key (alias 'default'). Required to run a worker, never to submit."""
+
+    api_key_file: Path | None = None
+    """A file holding the key instead (a mounted secret); wins over WICKSON_API_KEY."""
+
+    api_keys: dict[str, SecretStr] = {}
+    """More keys, for several tenants: a JSON object alias -> key. Jobs name an alias."""
 
     redis_url: str = Field(
         "redis://localhost:6379/0",
@@ -88,6 +98,15 @@ class Settings(BaseSettings):
     """Prefix of every Redis key, so several deployments can share one Redis."""
 
     @model_validator(mode="after")
+    def _aliases_are_names(self) -> Settings:
+        for alias in self.api_keys:
+            if not re.fullmatch(ALIAS_PATTERN, alias):
+                raise ValueError(
+                    f"WICKSON_API_KEYS: alias {alias!r} must be 1-64 letters, digits, '_.-'"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _waits_fit(self) -> Settings:
         if self.request_timeout_s >= self.shutdown_grace_s:
             raise ValueError(
@@ -104,11 +123,30 @@ class Settings(BaseSettings):
             )
         return self
 
-    def require_api_key(self) -> SecretStr:
-        """Return the API key, or raise ConfigError naming the variable."""
-        if self.api_key is None or not self.api_key.get_secret_value().strip():
-            raise ConfigError("WICKSON_API_KEY is not set: a worker needs the API key")
-        return self.api_key
+    def keys_by_alias(self) -> dict[str, SecretStr]:
+        """Every configured key by alias ('default': WICKSON_API_KEY or its file)."""
+        keys = dict(self.api_keys)
+        if self.api_key_file is not None:
+            try:
+                text = self.api_key_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"WICKSON_API_KEY_FILE={str(self.api_key_file)!r}: {exc.strerror}"
+                ) from None
+            keys[DEFAULT_ALIAS] = SecretStr(text)
+        elif self.api_key is not None:
+            keys[DEFAULT_ALIAS] = self.api_key
+        return {a: k for a, k in keys.items() if k.get_secret_value().strip()}
+
+    def require_api_key(self, alias: str = DEFAULT_ALIAS) -> SecretStr:
+        """The key for `alias`, or ConfigError naming the variable to set."""
+        key = self.keys_by_alias().get(alias)
+        if key is None:
+            where = "WICKSON_API_KEY (or WICKSON_API_KEY_FILE)"
+            if alias != DEFAULT_ALIAS:
+                where = f"an entry {alias!r} in WICKSON_API_KEYS"
+            raise ConfigError(f"no API key for alias {alias!r}: set {where}")
+        return key
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -117,6 +155,9 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration:\n{_explain(exc)}") from None
+    except SettingsError as exc:
+        # e.g. WICKSON_API_KEYS is not JSON; the message names the field, not the value.
+        raise ConfigError(f"invalid configuration: {exc}") from None
 
 
 def _explain(exc: ValidationError) -> str:

@@ -43,6 +43,7 @@ class JobStatus(BaseModel):
     job_id: str
     state: JobState
     reason: str | None = None
+    key_alias: str = "default"
     created_at: float | None = None
     queued_at: float | None = None
     started_at: float | None = None
@@ -92,6 +93,8 @@ class Claim:
     """The job's reason, sent with every request."""
     job_error: str = ""
     """The job's last error (why it stopped, for a stopped job)."""
+    key_alias: str = "default"
+    """Which of the workers' API keys the job uses."""
 
     def pending(self) -> list[tuple[int, str]]:
         """(position, id) of the ids that still need an outcome."""
@@ -191,7 +194,13 @@ class JobStore:
 
     # -- producers ---------------------------------------------------------------------
 
-    def create(self, *, reason: str | None, idempotency_key: str | None = None) -> tuple[str, bool]:
+    def create(
+        self,
+        *,
+        reason: str | None,
+        idempotency_key: str | None = None,
+        key_alias: str = "default",
+    ) -> tuple[str, bool]:
         """Create a staging job; return (job id, created). An idempotency key seen before
         returns the job it created, unless that job died while staging."""
         job_id = uuid.uuid4().hex
@@ -201,6 +210,7 @@ class JobStore:
             "reason": reason or "",
             "created_at": int(time.time() * 1000),
             "batch_size": BATCH_SIZE,
+            "key_alias": key_alias,
         }
         with _store_errors():
             if idempotency_key is None:
@@ -295,6 +305,7 @@ class JobStore:
             extra=_text(reply[6]),
             reason=_text(reply[7]) if len(reply) > 7 else "",
             job_error=_text(reply[8]) if len(reply) > 8 else "",
+            key_alias=_text(reply[9]) if len(reply) > 9 else "default",
         )
 
     def commit(self, job_id: str, index: int, token: str, outcome: BatchCommit) -> CommitResult:
@@ -388,6 +399,17 @@ class JobStore:
                 self.keys.job(job_id, "failed"), count=count
             ):
                 yield _text(media_id), _text(reason)
+
+    def register_aliases(self, aliases: Sequence[str]) -> None:
+        """Record which key aliases the fleet holds (submit checks jobs against them)."""
+        if aliases:
+            with _store_errors():
+                self.redis.sadd(self.keys.aliases, *aliases)
+
+    def known_aliases(self) -> set[str]:
+        """Key aliases some worker has registered."""
+        with _store_errors():
+            return {_text(a) for a in self.redis.smembers(self.keys.aliases)}
 
     def recent_jobs(self, limit: int = 50) -> list[str]:
         """Ids of the newest jobs, newest first."""

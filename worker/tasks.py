@@ -56,10 +56,9 @@ def delete_batch(self: Task, job_id: str, index: int) -> str:
         index,
         token,
         store=rt.store,
-        limiter=rt.limiter,
-        api=rt.api,
         settings=rt.settings,
         sleep=rt.sleep,
+        tenants=lambda alias: (rt.api(alias), rt.limiter(alias)),
     )
     try:
         result = run.run()

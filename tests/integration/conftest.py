@@ -7,6 +7,7 @@ flushed before each test). Without it the tier is skipped on a laptop and fails 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -118,14 +119,19 @@ class WorkerProcess:
             self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 20.0) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL after `timeout`; the log stays readable."""
         self.signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+    def cleanup(self) -> None:
+        self.stop()
         self.log.close()
-        os.unlink(self.log.name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.log.name)
 
 
 @pytest.fixture
@@ -151,7 +157,7 @@ def workers(redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
 
     yield start
     for proc in started:
-        proc.stop()
+        proc.cleanup()
 
 
 @pytest.fixture

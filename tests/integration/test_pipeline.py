@@ -37,8 +37,12 @@ def assert_exact(job: Job, fake: RunningFakeApi) -> dict[str, Any]:
     ledger = fake.api.ledger()
     assert status.state == "completed"
     assert status.deleted + status.already_absent == ledger.deleted
-    assert status.hd_vectors == ledger.hd_vectors
-    assert status.ld_vectors == ledger.ld_vectors
+    if status.already_absent == 0:
+        assert status.hd_vectors == ledger.hd_vectors
+        assert status.ld_vectors == ledger.ld_vectors
+    else:  # the vectors of ids deleted by an unanswered request are unknowable
+        assert status.hd_vectors <= ledger.hd_vectors
+        assert status.ld_vectors <= ledger.ld_vectors
     assert status.deleted + status.already_absent + status.failed + status.not_attempted == (
         status.total
     )

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -145,10 +147,13 @@ def workers(redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
         concurrency: int = 8,
         pool: str = "threads",
         wait: bool = True,
+        broker: str | None = None,
         **settings: Any,
     ) -> WorkerProcess:
         proc = WorkerProcess(
-            worker_env(redis_url, api_url, **settings), concurrency=concurrency, pool=pool
+            worker_env(broker or redis_url, api_url, **settings),
+            concurrency=concurrency,
+            pool=pool,
         )
         started.append(proc)
         if wait:
@@ -183,3 +188,67 @@ def submit_job(rclient: redis.Redis, settings_for: Callable[..., Settings]) -> C
         return submit(ids, reason=reason, settings=settings_for(), client=rclient, **kw)
 
     return do
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free port (restartable, killable), by pid."""
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = directory
+        self.extra = extra
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PrivateRedis:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--dir", str(self.dir), *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(answers, timeout=10, what=f"redis-server on port {self.port}")
+        client.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: whatever was not on disk is gone."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[..., PrivateRedis]]:
+    """Start private redis-servers with extra arguments; stopped (by pid) at the end."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs redis-server on PATH")
+        pytest.skip("no redis-server on PATH")
+    started: list[PrivateRedis] = []
+
+    def start(*extra: str) -> PrivateRedis:
+        server = PrivateRedis(tmp_path, *extra).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

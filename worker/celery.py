@@ -6,11 +6,13 @@ late, a lost child requeues its task, and every task is written to run twice saf
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import structlog
 from celery import Celery, signals
 
+from worker.errors import ConfigError
 from worker.settings import Settings, get_settings
 
 QUEUE = "wickson-purge"
@@ -21,7 +23,14 @@ WATCHDOG_TASK = "wickson_purge.watchdog"
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours (one place, so demo and tests share them)."""
-    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        # kombu sweeps for abandoned messages every interval x throttle seconds (10 x 10
+        # by default): one cheap ZRANGEBYSCORE per interval keeps recovery near the
+        # visibility timeout itself.
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 6)),
+        "unacked_restore_throttle": 1,
+    }
     return {
         "broker_url": settings.redis_url,
         "broker_transport_options": transport,
@@ -65,7 +74,13 @@ def _preflight(**_: Any) -> None:
     if not structlog.is_configured():
         configure_logging()
     runtime = get_runtime()
-    check_worker(runtime.settings, runtime.store)
+    try:
+        check_worker(runtime.settings, runtime.store)
+    except ConfigError as exc:
+        # Celery logs and swallows Exceptions raised by signal handlers: only SystemExit
+        # stops a worker that must not start.
+        print(f"wickson-purge worker: refusing to start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 @signals.worker_process_init.connect

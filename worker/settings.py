@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     max_wait_in_task_s: float = Field(5.0, ge=0, le=60)
     """Waits longer than this free the worker slot and come back as a countdown retry."""
 
-    visibility_timeout_s: int = Field(3_600, ge=60)
+    visibility_timeout_s: int = Field(3_600, ge=10)
     """Redis transport redelivery delay for unacked messages; must exceed every countdown."""
 
     lease_s: float = Field(300.0, gt=0)

@@ -11,8 +11,8 @@ from ops.fake_api import RunningFakeApi
 from producers import control
 from producers.submit import Job
 from tests.helpers import wait_until
-from tests.integration.conftest import WorkerProcess
 from tests.integration.test_pipeline import assert_exact
+from tests.services import WorkerProcess
 from worker.celery import QUEUE
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import redis
 from ops.fake_api import RunningFakeApi
 from producers.submit import Job
 from tests.helpers import wait_until
-from tests.integration.conftest import ROOT, WorkerProcess, worker_env
+from tests.services import ROOT, WorkerProcess, worker_env
 from worker.celery import BATCH_TASK, app
 from worker.keys import Keys
 

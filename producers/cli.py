@@ -77,6 +77,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     p.set_defaults(run=_failures)
 
+    for name, text in (
+        ("pause", "pause a job: it keeps its place and sends nothing"),
+        ("resume", "resume a paused job, or re-attempt what a stopped one did not attempt"),
+        ("cancel", "cancel a job: no new requests; the rest ends not_attempted"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("job")
+        p.set_defaults(run=_control)
+
+    p = sub.add_parser("recover", help="requeue batches whose message was lost (the watchdog)")
+    p.add_argument("job", nargs="*", help="jobs to look at (default: every active job)")
+    p.add_argument(
+        "--stale-after", type=float, default=None, help="seconds (default WICKSON_STALE_AFTER_S)"
+    )
+    p.set_defaults(run=_recover)
+
     p = sub.add_parser(
         "worker", help="run a Celery worker (extra args go to celery)", add_help=False
     )

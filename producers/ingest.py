@@ -5,12 +5,15 @@ Pure, no Redis: `submit.py` feeds what these yield into the store.
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TypeVar
+
+from worker.errors import InputError
 
 T = TypeVar("T")
 
@@ -49,27 +52,46 @@ class Line:
 
 
 def read_lines(source: Iterable[bytes | str]) -> Iterator[Line]:
-    """Ids from lines (bytes or text): surrounding whitespace stripped, blank lines and
-    a header line skipped, undecodable bytes reported as invalid."""
+    """Ids from lines (bytes or text): surrounding whitespace stripped, blank lines and a
+    header line skipped, undecodable bytes reported as invalid. A first line with commas
+    makes it CSV: the column named like an id (media_id, id, ...) is read."""
+    column: int | None = None
     first = True
     for number, raw in enumerate(source, start=1):
-        if isinstance(raw, bytes):
-            try:
-                text = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                text = raw.strip().decode("utf-8", "backslashreplace")
-                yield Line(number, text, "not valid UTF-8")
-                first = False
-                continue
-        else:
-            text = raw.strip()
-        if not text:
+        text = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+        if not text.strip():
             continue
-        if first and text.lower() in HEADER_WORDS:
+        if first:
             first = False
-            continue
-        first = False
-        yield Line(number, text, id_problem(text))
+            column = _csv_column(text, number)
+            if column is not None or text.strip().lower() in HEADER_WORDS:
+                continue
+        if column is not None:
+            fields = next(csv.reader([text]))
+            text = fields[column] if column < len(fields) else ""
+        text = text.strip()
+        if any("\udc80" <= c <= "\udcff" for c in text):
+            yield Line(
+                number,
+                text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
+                "not valid UTF-8",
+            )
+        else:
+            yield Line(number, text, id_problem(text))
+
+
+def _csv_column(header: str, number: int) -> int | None:
+    """The id column of a CSV header line, None if the line is no CSV header."""
+    if "," not in header:
+        return None
+    names = [n.strip().lower() for n in next(csv.reader([header]))]
+    for index, name in enumerate(names):
+        if name in HEADER_WORDS:
+            return index
+    raise InputError(
+        f"line {number} looks like a CSV header ({printable(header.strip())!r}) but names no id"
+        f" column: name one of {', '.join(sorted(HEADER_WORDS))}, or give one id per line"
+    )
 
 
 def printable(text: str, limit: int = 80) -> str:

@@ -144,6 +144,8 @@ def submit(
     if not created:
         return Job(job_id, store)
     report, unique = _scan(store, job_id, ids, max_ids=settings.max_job_ids)
+    if report.submitted == 0:
+        raise InputError("no ids in the input (it is empty or blank): nothing to delete")
     batches = 0
     for chunk in batched(batched(unique, BATCH_SIZE), BATCHES_PER_ROUND_TRIP):
         store.stage(job_id, batches, chunk)

@@ -195,7 +195,9 @@ def _exit_code(status: JobStatus) -> int:
 
 
 def _failures(args: argparse.Namespace, _rest: list[str]) -> int:
-    rows = store_for(get_settings()).iter_failures(args.job)
+    store = store_for(get_settings())
+    store.status(args.job)  # an unknown job writes nothing, not even a header
+    rows = store.iter_failures(args.job)
     out = sys.stdout
     if args.format == "jsonl":
         for media_id, reason in rows:
@@ -212,7 +214,7 @@ def _control(args: argparse.Namespace, _rest: list[str]) -> int:
     if args.command == "pause":
         done = control.pause(store, args.job)
     elif args.command == "cancel":
-        done = control.cancel(store, args.job)
+        done = control.cancel(store, args.job, stale_s=get_settings().stale_after_s)
     else:
         queued = control.resume(store, args.job)
         done = queued is not None

@@ -48,9 +48,13 @@ def resume(store: JobStore, job_id: str) -> int | None:
     return publish_batches(job_id, todo)
 
 
-def cancel(store: JobStore, job_id: str) -> bool:
+def cancel(store: JobStore, job_id: str, *, stale_s: float = 600.0) -> bool:
     """Cancel a job: no new request for it; ids not yet sent end `not_attempted`."""
-    return store.stop(job_id, "cancelled", "CANCELLED: cancelled by an operator")
+    if not store.stop(job_id, "cancelled", "CANCELLED: cancelled by an operator"):
+        return False
+    # A paused job's parked batches have no message: publish them now, to be skipped.
+    recover_lost(store, stale_s=stale_s, job_ids=[job_id])
+    return True
 
 
 def recover_lost(

@@ -18,8 +18,10 @@ from worker.errors import InputError
 T = TypeVar("T")
 
 MAX_ID_LENGTH = 128
-ID_RULE = "1 to 128 printable ASCII characters, no spaces, no '/', '\\' or '%'"
-_VALID_ID = re.compile(r"[!-$&-.0-\[\]-~]{1,128}")  # 0x21-0x7E less '%', '/', '\'
+ID_RULE = "1 to 128 printable ASCII characters, none of space , / \\ %"
+# 0x21-0x7E less '%', ',', '/' and '\': a comma in an id is a CSV column gone astray,
+# the others belong to paths and URL escapes, never to a media id.
+_VALID_ID = re.compile(r"[!-$&-+\--.0-\[\]-~]{1,128}")
 HEADER_WORDS = frozenset({"media_id", "media_ids", "id", "ids", "mediaid"})
 INVALID_REASON = "invalid_id"
 
@@ -63,6 +65,7 @@ def read_lines(source: Iterable[bytes | str]) -> Iterator[Line]:
             continue
         if first:
             first = False
+            text = text.removeprefix("\ufeff")  # the byte-order mark of "UTF-8 with BOM"
             column = _csv_column(text, number)
             if column is not None or text.strip().lower() in HEADER_WORDS:
                 continue

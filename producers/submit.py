@@ -143,9 +143,14 @@ def submit(
     )
     if not created:
         return Job(job_id, store)
-    report, unique = _scan(store, job_id, ids, max_ids=settings.max_job_ids)
-    if report.submitted == 0:
-        raise InputError("no ids in the input (it is empty or blank): nothing to delete")
+    try:
+        report, unique = _scan(store, job_id, ids, max_ids=settings.max_job_ids)
+        if report.submitted == 0:
+            raise InputError("no ids in the input (it is empty or blank): nothing to delete")
+    except BaseException:
+        # A refused input must not leave a staging job (or hold its idempotency key).
+        store.discard(job_id, idempotency_key)
+        raise
     batches = 0
     for chunk in batched(batched(unique, BATCH_SIZE), BATCHES_PER_ROUND_TRIP):
         store.stage(job_id, batches, chunk)

@@ -22,6 +22,7 @@ from worker.errors import (
     ApiUnreachable,
     AuthFailed,
     BadRequest,
+    JobStopping,
     OutcomeUnknown,
     RateLimited,
     ServerError,
@@ -188,6 +189,11 @@ def classify_error(status: int, headers: Mapping[str, str], content: bytes) -> A
         return RateLimited(text, retry_after_s=parse_retry_after(headers.get("retry-after")))
     if status in (401, 403):
         return AuthFailed(text, status=status, code=code)
+    if status in (404, 405):
+        # Not an answer of the batch endpoint: a wrong WICKSON_API_URL or a proxy.
+        return JobStopping(text + " (is WICKSON_API_URL right?)", status=status, code=code)
+    if status == 408:
+        return OutcomeUnknown(text, status=status)
     if 400 <= status < 500:
         return BadRequest(text, status=status, code=code)
     if status >= 500:
@@ -236,7 +242,12 @@ class WicksonClient:
                 headers={"X-Api-Key": self._key.get_secret_value()},
             )
         if response.status_code != 200:
-            raise classify_error(response.status_code, response.headers, response.content)
+            error = classify_error(response.status_code, response.headers, response.content)
+            secret = self._key.get_secret_value()
+            if secret and secret in str(error):
+                # An API that echoes the key must not get it into our errors (and Redis).
+                error.args = (str(error).replace(secret, "**********"),)
+            raise error
         try:
             body = DeleteResponse.model_validate_json(response.content)
         except ValidationError:

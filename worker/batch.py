@@ -19,10 +19,10 @@ from worker.api import BatchOutcome, WicksonClient, is_not_found
 from worker.backoff import retry_wait
 from worker.errors import (
     ApiError,
-    AuthFailed,
     BadRequest,
     ConfigError,
     Deferred,
+    JobStopping,
     RateLimited,
     Retryable,
 )
@@ -62,12 +62,15 @@ class BatchRun:
         api: WicksonClient | None = None,
         sleep: Callable[[float], None] = time.sleep,
         tenants: Callable[[str], tuple[WicksonClient, FleetLimiter]] | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.job_id, self.index, self.token = job_id, index, token
         self.store, self.settings = store, settings
         self._api, self._limiter = api, limiter
         self.sleep = sleep
         self.tenants = tenants
+        self.stopping = stopping
+        """True once the worker shuts down: hand the batch back before the next request."""
         """Client and limiter of a key alias; without it, `api` and `limiter` serve all."""
         self.log = log.bind(job_id=job_id, batch=index)
         self.pending: dict[str, int] = {}
@@ -167,6 +170,8 @@ class BatchRun:
             if self.attempts >= self.settings.max_attempts:
                 self._give_up(chunks)
                 return
+            if self.stopping():
+                raise Deferred(0.0, "worker shutting down")
             self.wait_s += self.limiter.acquire(self.settings.max_wait_in_task_s)
             chunk = chunks[0]
             started = time.perf_counter()
@@ -177,8 +182,8 @@ class BatchRun:
                     self.api_s += time.perf_counter() - started
             except RateLimited as exc:
                 self._on_rate_limited(exc)
-            except AuthFailed as exc:
-                self._on_auth_failed(exc)
+            except JobStopping as exc:
+                self._on_job_stopping(exc)
                 return
             except BadRequest as exc:
                 self._on_bad_request(exc, chunks)
@@ -194,13 +199,16 @@ class BatchRun:
 
     def _on_answer(self, outcome: BatchOutcome, *, last: bool) -> list[str]:
         """Commit a 200; return the ids it did not account for (to send again)."""
-        self.attempts += 1
+        # Only an answer that leaves ids unaccounted is a failed attempt: it is what the
+        # retry budget bounds (a lying API must not loop forever).
+        failed_attempt = int(bool(outcome.unaccounted))
+        self.attempts += failed_attempt
         commit = BatchCommit(
             deleted=[self.pending[i] for i in outcome.deleted],
             hd_vectors=outcome.hd_vectors,
             ld_vectors=outcome.ld_vectors,
             operation_id=outcome.operation_id,
-            tries=1,
+            tries=failed_attempt,
             requests=1,
         )
         for media_id, reason in outcome.failed.items():
@@ -242,15 +250,8 @@ class BatchRun:
         self.unsent.requests += 1
         self.unsent.retries += 1
         self.unsent.uncertain = self.uncertain
-        wait = retry_wait(
-            exc,
-            self.attempts,
-            base_s=self.settings.backoff_base_s,
-            cap_s=self.settings.backoff_cap_s,
-        )
-        self.log.warning(
-            "batch.retry", attempt=self.attempts, error=str(exc), wait_s=round(wait, 3)
-        )
+        wait = self._backoff(exc, self.attempts)
+        self.log.warning("batch.retry", attempt=self.attempts, error=str(exc), wait_s=wait)
         if self.attempts >= self.settings.max_attempts:
             return
         if wait > self.settings.max_wait_in_task_s:
@@ -258,19 +259,18 @@ class BatchRun:
         self.sleep(wait)
 
     def _on_bad_request(self, exc: BadRequest, chunks: deque[list[str]]) -> None:
-        self.attempts += 1
-        self.unsent.tries += 1
+        # A split is progress, not a failed attempt: bisecting 100 ids takes ~15 requests.
         self.unsent.requests += 1
+        self.last_error = exc
         chunk = chunks.popleft()
         if exc.code in SPLIT_CODES and len(chunk) > 1:
             half = len(chunk) // 2
             chunks.extendleft([chunk[half:], chunk[:half]])
             self.log.info("batch.split", code=exc.code, size=len(chunk))
             return
-        self.last_error = exc
         self._commit(BatchCommit(failed=[(self.pending.pop(i), exc.code) for i in chunk]))
 
-    def _on_auth_failed(self, exc: AuthFailed) -> None:
+    def _on_job_stopping(self, exc: JobStopping) -> None:
         self.unsent.requests += 1
         self.last_error = exc
         if self.store.stop(self.job_id, "failed", f"{exc.code}: {exc}"):

@@ -83,6 +83,15 @@ def _preflight(**_: Any) -> None:
         raise SystemExit(2) from None
 
 
+@signals.worker_shutting_down.connect
+def _shutting_down(**_: Any) -> None:
+    from worker.runtime import SHUTTING_DOWN
+
+    # Runs in flight finish their request, then hand their batch back: the warm
+    # shutdown lasts one request (WICKSON_REQUEST_TIMEOUT_S at most), not a whole retry loop.
+    SHUTTING_DOWN.set()
+
+
 @signals.worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     from worker.runtime import set_runtime

@@ -54,12 +54,15 @@ class FleetLimiter:
             raise Deferred(-wait_us / 1e6, "next fleet send slot (rate limit or 429 pause)")
         if wait_us == 0:
             return 0.0
-        self.sleep(wait_us / 1e6)
-        # A 429 may have paused the fleet while we slept: Retry-After is law.
-        paused_us = self._call("check")
-        if paused_us > 0:
-            raise Deferred(paused_us / 1e6, "fleet paused by a 429")
-        return wait_us / 1e6
+        waited = 0.0
+        while wait_us > 0:
+            self.sleep(wait_us / 1e6)
+            waited += wait_us / 1e6
+            # A 429 may have paused the fleet while we slept: Retry-After is law.
+            wait_us = self._call("check")
+            if waited + wait_us / 1e6 > max_wait_s:
+                raise Deferred(wait_us / 1e6, "fleet paused by a 429")
+        return waited
 
     def pause(self, seconds: float) -> float:
         """Pause the whole fleet for `seconds` (extends, never shortens, a pause); returns

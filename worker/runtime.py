@@ -7,6 +7,7 @@ the demo and the tests install theirs with `set_runtime`.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +89,9 @@ def build_runtime(
         sleep=sleep,
     )
 
+
+SHUTTING_DOWN = threading.Event()
+"""Set when the worker starts a warm shutdown: runs stop before their next request."""
 
 _current: Runtime | None = None
 _owner_pid: int | None = None

@@ -167,8 +167,9 @@ def _explain(exc: ValidationError) -> str:
         if not loc:  # a cross-field rule: its input is every value, the key included
             lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
             continue
-        name = "REDIS_URL" if loc == "redis_url" else f"WICKSON_{loc.upper()}"
-        value = "" if loc == "api_key" else f" (got {err.get('input')!r})"
+        field = str(err["loc"][0])
+        name = "REDIS_URL" if field.lower() == "redis_url" else f"WICKSON_{field.upper()}"
+        value = "" if field.startswith("api_key") else f" (got {err.get('input')!r})"
         lines.append(f"  {name}: {err['msg']}{value}")
     return "\n".join(lines)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import redis
 from pydantic import BaseModel, ConfigDict
@@ -112,6 +112,8 @@ class BatchCommit:
     hd_vectors: int = 0
     ld_vectors: int = 0
     tries: int = 0
+    """Failed attempts (what max_attempts bounds): retryable errors, answers that left
+    ids unaccounted."""
     requests: int = 0
     rate_limited: int = 0
     retries: int = 0
@@ -146,6 +148,15 @@ class BatchCommit:
         )
 
 
+class Outcome(NamedTuple):
+    """One id's outcome in a job, as `report` lists it."""
+
+    media_id: str
+    outcome: str
+    """deleted, already_absent, failed, not_attempted, or pending (not yet decided)."""
+    reason: str
+
+
 @dataclass(frozen=True)
 class CommitResult:
     """What a commit did: new outcomes, whether the batch or job ended, what to publish."""
@@ -154,6 +165,13 @@ class CommitResult:
     batch_done: bool
     job_finished: bool
     successors: range
+
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+"""Delete a lease only if this run holds it (compare and delete, atomically)."""
 
 
 def _load_script(name: str) -> str:
@@ -191,6 +209,7 @@ class JobStore:
         self._pause = client.register_script(_load_script("pause.lua"))
         self._resume = client.register_script(_load_script("resume.lua"))
         self._stalled = client.register_script(_load_script("stalled.lua"))
+        self._release = client.register_script(_RELEASE)
 
     # -- producers ---------------------------------------------------------------------
 
@@ -258,6 +277,15 @@ class JobStore:
         first = 1 if batches else 0
         return sum(int(r) for r in replies[first : first + len(invalid or {})])
 
+    def discard(self, job_id: str, idempotency_key: str | None = None) -> None:
+        """Delete a staging job that will never be sealed, and free its idempotency key."""
+        with _store_errors():
+            self.redis.delete(*self.keys.job_keys(job_id))
+            if idempotency_key is not None:
+                idem = self.keys.idempotency(idempotency_key)
+                if _text(self.redis.get(idem) or b"") == job_id:
+                    self.redis.delete(idem)
+
     def seal(self, job_id: str, *, batches: int, valid: int, invalid: int, submitted: int) -> str:
         """Make a staged job runnable (atomically); return its state ('queued' or, with
         nothing valid to delete, 'completed')."""
@@ -321,10 +349,8 @@ class JobStore:
 
     def release(self, job_id: str, index: int, token: str) -> None:
         """Give up the lease of batch `index` if `token` holds it (its crash count stays)."""
-        lease = self.keys.lease(job_id, index)
         with _store_errors():
-            if _text(self.redis.get(lease) or b"") == token:
-                self.redis.delete(lease)
+            self._release(keys=[self.keys.lease(job_id, index)], args=[token])
 
     def stop(self, job_id: str, state: Literal["failed", "cancelled"], error: str) -> bool:
         """Stop an unfinished job; its ids not yet sent end `not_attempted`."""
@@ -410,6 +436,49 @@ class JobStore:
         """Key aliases some worker has registered."""
         with _store_errors():
             return {_text(a) for a in self.redis.smembers(self.keys.aliases)}
+
+    def iter_outcomes(self, job_id: str, *, batches_per_call: int = 50) -> Iterator[Outcome]:
+        """Every unique id of the job with its outcome (deleted, already_absent, failed,
+        not_attempted, or pending), batch by batch, in flat memory; invalid ids last."""
+        status = self.status(job_id)
+        keys = self.keys
+        skipped_from = int(_text(self.redis.hget(keys.job(job_id), "skipped_from") or b"-1"))
+        for first in range(0, status.batches_total, batches_per_call):
+            indices = range(first, min(first + batches_per_call, status.batches_total))
+            with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(keys.job(job_id, "batches"), list(indices))
+                for index in indices:
+                    pipe.getrange(keys.job(job_id, "resolved"), index * 16, index * 16 + 15)
+                packed, *bits = pipe.execute()
+            for index, ids_packed, mask in zip(indices, packed, bits, strict=True):
+                ids = _text(ids_packed).split("\n")
+                if 0 <= skipped_from <= index:
+                    yield from (Outcome(i, "not_attempted", status.last_error or "") for i in ids)
+                    continue
+                yield from self._batch_outcomes(job_id, ids, mask)
+        for media_id, reason in self.redis.hscan_iter(keys.job(job_id, "failed"), count=1_000):
+            if _text(reason) == "invalid_id":
+                yield Outcome(_text(media_id), "failed", "invalid_id")
+
+    def _batch_outcomes(self, job_id: str, ids: list[str], mask: bytes) -> Iterator[Outcome]:
+        keys = self.keys
+        with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.job(job_id, "failed"), ids)
+            pipe.smismember(keys.job(job_id, "absent"), ids)
+            pipe.hmget(keys.job(job_id, "skipped"), ids)
+            failed, absent, skipped = pipe.execute()
+        for pos, media_id in enumerate(ids):
+            resolved = pos // 8 < len(mask) and mask[pos // 8] >> (7 - pos % 8) & 1
+            if not resolved:
+                yield Outcome(media_id, "pending", "")
+            elif failed[pos] is not None:
+                yield Outcome(media_id, "failed", _text(failed[pos]))
+            elif absent[pos]:
+                yield Outcome(media_id, "already_absent", "")
+            elif skipped[pos] is not None:
+                yield Outcome(media_id, "not_attempted", _text(skipped[pos]).split("|", 1)[-1])
+            else:
+                yield Outcome(media_id, "deleted", "")
 
     def recent_jobs(self, limit: int = 50) -> list[str]:
         """Ids of the newest jobs, newest first."""

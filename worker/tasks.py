@@ -13,11 +13,12 @@ from collections.abc import Iterable
 
 import structlog
 from celery import Task
+from celery.exceptions import Reject
 
 from worker.batch import BatchRun
 from worker.celery import BATCH_TASK, START_TASK, WATCHDOG_TASK, app
 from worker.errors import Deferred, StoreUnavailable
-from worker.runtime import get_runtime
+from worker.runtime import SHUTTING_DOWN, get_runtime
 from worker.store import JobStore
 from worker.watchdog import recover
 
@@ -42,7 +43,7 @@ def start_job(self: Task, job_id: str) -> None:
     try:
         first = get_runtime().store.start(job_id)
     except StoreUnavailable as exc:
-        raise self.retry(countdown=_jitter(UNEXPECTED_RETRY_S), exc=exc) from None
+        raise Reject(str(exc), requeue=True) from None  # see delete_batch
     log.info("job.started", job_id=job_id, published=publish(job_id, first))
 
 
@@ -59,11 +60,18 @@ def delete_batch(self: Task, job_id: str, index: int) -> str:
         settings=rt.settings,
         sleep=rt.sleep,
         tenants=lambda alias: (rt.api(alias), rt.limiter(alias)),
+        stopping=SHUTTING_DOWN.is_set,
     )
     try:
         result = run.run()
     except Deferred as exc:
         raise self.retry(countdown=_jitter(exc.countdown_s), exc=exc) from None
+    except StoreUnavailable as exc:
+        # Redis (our store, and the broker) is away: a retry could not be published, and
+        # Celery drops a message whose retry failed. Leave it unacked instead: requeued
+        # when Redis answers again, or restored after the visibility timeout.
+        log.warning("batch.store_unavailable", job_id=job_id, batch=index, error=str(exc))
+        raise Reject(str(exc), requeue=True) from None
     except Exception as exc:
         log.exception("batch.crashed", job_id=job_id, batch=index)
         _release_quietly(rt.store, job_id, index, token)

@@ -129,3 +129,27 @@ def test_a_worker_refuses_to_start_on_an_evicting_redis(
     worker = workers(fake.url, broker=server.url, wait=False)
     assert worker.proc.wait(30) != 0
     assert "noeviction" in worker.output()
+
+
+def test_redis_down_at_commit_time_loses_nothing_and_counts_nothing_twice(
+    fake_api: Callable[..., RunningFakeApi],
+    workers: Callable[..., WorkerProcess],
+    private_redis: Callable[..., PrivateRedis],
+) -> None:
+    """The API answers while Redis is down: the commit fails, the message stays unacked,
+    and once Redis is back the batch is redelivered and counted exactly once."""
+    server = private_redis("--appendonly", "yes", "--appendfsync", "always")
+    fake = fake_api(items=3_000, latency_ms=1_000)
+    worker = workers(fake.url, rate_limit=50, concurrency=4, broker=server.url, **FAST_RECOVERY)
+    job = submit_to(server.url, owned(3_000))
+    wait_until(lambda: fake.api.ledger().deleted >= 300, timeout=30, what="deletes in flight")
+    server.kill()
+    wait_until(
+        lambda: "Redis did not answer" in worker.output(), timeout=30, what="a failed commit"
+    )
+    server.start()
+    final = job.wait(timeout=120, poll_s=0.2)
+    assert final.state == "completed"
+    assert_exact(job, fake)
+    assert final.failed == 0
+    assert final.already_absent > 0  # the batches the API deleted while Redis was away

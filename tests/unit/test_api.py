@@ -445,11 +445,6 @@ def test_no_raised_error_carries_the_key(make_client, wickson, api_key: str, ans
     assert api_key not in "".join(traceback.format_exception(exc))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: classify_error copies the API's error message verbatim into the exception;"
-    " an API that echoes the key puts it in str(exc), then in the job's last_error in Redis",
-)
 def test_an_error_message_echoing_the_key_does_not_leak_it(
     make_client, wickson, api_key: str
 ) -> None:

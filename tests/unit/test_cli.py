@@ -122,11 +122,6 @@ def test_an_unknown_job_exits_2_with_a_clear_message(capsys, cli_store, argv) ->
     assert "Traceback" not in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli._failures writes the CSV header before the lazy iter_failures() checks"
-    " the job exists, so `failures UNKNOWN > f.csv` exits 2 yet leaves a header-only file",
-)
 def test_failures_of_an_unknown_job_prints_nothing_on_stdout(capsys, cli_store) -> None:
     """An unknown job writes nothing to stdout, whatever the format."""
     code, out, _ = run(capsys, "failures", "no-such-job", "--format", "csv")

@@ -188,11 +188,6 @@ def test_limiters_with_different_keys_are_independent(fake_redis, clock) -> None
     assert b.acquire(0.0) == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ratelimit.lua PEXPIREs the limiter hash to 1 h on every pause, so a pause"
-    " longer than an hour (Retry-After: 7200) vanishes with the key after 1 h",
-)
 def test_a_pause_longer_than_an_hour_outlives_the_limiter_key(make_limiter, fake_redis) -> None:
     """The limiter's state lives at least as long as the pause it holds."""
     limiter = make_limiter(rate=10)

@@ -559,12 +559,6 @@ def test_resume_of_a_cancelled_job_reattempts_exactly_its_not_attempted_ids(
     )  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: resume.lua sets a failed/cancelled job with nothing not-attempted back to"
-    " 'running' (deleting its done guard and TTLs) but publishes nothing, so no commit ever"
-    " finishes it: it stays 'running' forever",
-)
 def test_resume_of_a_stopped_job_with_nothing_left_to_attempt_leaves_it_finished(
     make_job, store: JobStore, ids
 ) -> None:
@@ -579,12 +573,6 @@ def test_resume_of_a_stopped_job_with_nothing_left_to_attempt_leaves_it_finished
     assert store.status(job_id).finished
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: stop.lua ignores parked batches: a paused job whose batches parked, then"
-    " cancelled, stays 'stopping' forever (parked batches have no message, left the"
-    " in-flight set, so neither a run nor the watchdog's stalled() ever accounts them)",
-)
 def test_cancelling_a_paused_job_with_parked_batches_finishes_it(
     make_job, store: JobStore, ids
 ) -> None:

@@ -128,12 +128,6 @@ def test_an_empty_input_is_refused_and_starts_nothing(do_submit, store: JobStore
     assert start.started == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: submit() creates the job (and its idempotency key) before reading; a submit"
-    " refused while reading (too many ids, empty input) leaves that staging job behind, and a"
-    " retry with the same key within the hour gets it back: never sealed, never started",
-)
 @pytest.mark.parametrize("refused", ["too-large", "empty"])
 def test_a_refused_submit_does_not_poison_its_idempotency_key(
     do_submit, make_settings, store: JobStore, start, refused: str

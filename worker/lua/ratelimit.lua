@@ -22,7 +22,8 @@ if op == 'pause' then
   if until_ > paused then
     paused = until_
     redis.call('HSET', key, 'paused_until', string.format('%d', paused))
-    redis.call('PEXPIRE', key, 3600000)
+    -- The state outlives the pause it holds by an hour, whatever the pause.
+    redis.call('PEXPIRE', key, math.floor((paused - now) / 1000) + 3600000)
   end
   return {math.max(0, paused - now), rate_s}
 end
@@ -32,5 +33,5 @@ local send_at = math.max(now, tat - tau, paused)
 local wait = send_at - now
 if wait > tonumber(ARGV[4]) then return {-math.floor(wait), rate_s} end
 redis.call('HSET', key, 'tat', string.format('%d', math.max(tat, send_at) + interval))
-redis.call('PEXPIRE', key, 3600000)
+if redis.call('PTTL', key) < 3600000 then redis.call('PEXPIRE', key, 3600000) end
 return {math.floor(wait), rate_s}

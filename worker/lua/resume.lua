@@ -13,7 +13,7 @@ if state == 'paused' then
   redis.call('DEL', K_PARKED)
   local at = now_ms()
   for _, j in ipairs(publish) do redis.call('ZADD', K_INFLIGHT, at, j) end
-elseif state == 'failed' or state == 'cancelled' then
+elseif (state == 'failed' or state == 'cancelled') and hnum(K_JOB, 'not_attempted') > 0 then
   -- Un-count every id not attempted: bulk-skipped batches go back to undispatched,
   -- ids skipped inside dispatched batches lose their outcome (bit and record).
   local total, from = hnum(K_JOB, 'batches_total'), hnum(K_JOB, 'skipped_from')

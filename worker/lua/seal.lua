@@ -12,5 +12,8 @@ redis.call('HSET', K_JOB, 'state', 'queued', 'batches_total', ARGV[2], 'valid', 
 if tonumber(ARGV[5]) > 0 then redis.call('HSET', K_REASONS, 'invalid_id', ARGV[5]) end
 for i = 1, N_JOB_KEYS do redis.call('PERSIST', KEYS[i]) end
 redis.call('ZADD', KEYS[N_JOB_KEYS + 1], hnum(K_JOB, 'created_at'), ARGV[1])
+-- Jobs older than the retention period have expired: keep the index from growing forever.
+local created = hnum(K_JOB, 'created_at')
+redis.call('ZREMRANGEBYSCORE', KEYS[N_JOB_KEYS + 1], '-inf', created - 2 * tonumber(ARGV[7]) * 1000)
 finish_if_complete(ARGV[7], KEYS[N_JOB_KEYS + 2])
 return redis.call('HGET', K_JOB, 'state')

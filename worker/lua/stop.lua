@@ -14,5 +14,9 @@ if dispatched < total then
   redis.call('HINCRBY', K_JOB, 'not_attempted', hnum(K_JOB, 'valid') - size * dispatched)
   redis.call('HINCRBY', K_JOB, 'batches_done', total - dispatched)
 end
+-- Parked batches (a paused job) have no message: stamp them long lost, so the next look
+-- of the watchdog (or the cancel command, at once) publishes them to be skipped.
+for _, j in ipairs(redis.call('SMEMBERS', K_PARKED)) do redis.call('ZADD', K_INFLIGHT, 0, j) end
+redis.call('DEL', K_PARKED)
 finish_if_complete(ARGV[3], KEYS[N_JOB_KEYS + 1])
 return 1

@@ -56,10 +56,11 @@ class Settings(BaseSettings):
     """One API call (the API answers in ~0.2 s); must fit inside the shutdown grace."""
 
     shutdown_grace_s: float = Field(25.0, gt=0, le=3_600)
-    """Warm shutdown waits this long for running batches (Kubernetes gives 30 s)."""
+    """Celery's soft-shutdown window (prefork); Kubernetes gives 30 s before SIGKILL."""
 
     max_attempts: int = Field(8, ge=1, le=100)
-    """API attempts per batch before its unresolved ids are failed with the last error."""
+    """Failed attempts (5xx, timeouts, resets, lying 200s) per batch before its unresolved
+    ids are failed with the last error; 429s and 400 splits do not count."""
 
     backoff_base_s: float = Field(0.5, gt=0, le=60)
     """First backoff step; doubles per attempt, full jitter."""

@@ -5,6 +5,10 @@ send slot, on Redis' clock, in one round trip. Slots are reservations: a caller 
 when to send and sleeps until then, so N workers interleave at the set rate instead of
 polling. A 429 pauses the limiter itself, so one 429 is not followed by N more; after a
 pause, reservations resume one interval apart (no thundering herd).
+
+With the rate 'auto' the same script is the fleet's one adaptive controller: CUBIC growth,
+a multiplicative decrease on a 429 (once per congestion epoch, however many workers saw
+it), and a ceiling at any limit the API announces in its rate-limit headers.
 """
 
 from __future__ import annotations
@@ -28,22 +32,30 @@ class FleetLimiter:
         client: redis.Redis,
         key: str,
         *,
-        rate: float,
+        rate: float | str,
         burst: int = 1,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.redis = client
         self.key = key
-        self.default_rate = rate
+        self.default_rate = _rate_arg(rate)
         self.burst = burst
         self.sleep = sleep
         self._script = client.register_script(_SCRIPT)
+        self.last_rate = 0.0
+        """The rate the script reported on the last call."""
+        self.announced: float | None = None
+        """The last limit the API announced that this process passed on."""
 
-    def _call(self, op: str, max_wait_s: float = 0.0, pause_s: float = 0.0) -> int:
-        wait_us, _rate = self._script(
+    def _call(
+        self, op: str, max_wait_s: float = 0.0, pause_s: float = 0.0, limit: float = 0.0
+    ) -> int:
+        wait_us, rate = self._script(
             keys=[self.key],
-            args=[op, self.default_rate, self.burst, int(max_wait_s * 1e6), int(pause_s * 1e6)],
-        )
+            args=[op, self.default_rate, self.burst, int(max_wait_s * 1e6), int(pause_s * 1e6),
+                  limit],
+        )  # fmt: skip
+        self.last_rate = float(rate)
         return int(wait_us)
 
     def acquire(self, max_wait_s: float) -> float:
@@ -61,7 +73,7 @@ class FleetLimiter:
             # A 429 may have paused the fleet while we slept: Retry-After is law.
             wait_us = self._call("check")
             if waited + wait_us / 1e6 > max_wait_s:
-                raise Deferred(wait_us / 1e6, "fleet paused by a 429")
+                raise Deferred(wait_us / 1e6, "fleet paused by a 429", waited_s=waited)
         return waited
 
     def pause(self, seconds: float) -> float:
@@ -73,14 +85,32 @@ class FleetLimiter:
         """Seconds left in the current fleet pause (0 if none)."""
         return self._call("check") / 1e6
 
-    def set_rate(self, rate: float) -> None:
-        """Change the fleet's rate now (every worker reads it on its next acquire)."""
-        if not rate > 0:
-            raise ValueError(f"rate must be > 0 requests/s, got {rate!r}")
-        self.redis.hset(self.key, "rate", repr(float(rate)))
+    def observe_limit(self, limit: float | None) -> None:
+        """The API announced its limit (requests/s): the fleet never goes above it. One
+        round trip only when the announced limit changes (per process)."""
+        if limit and limit != self.announced:
+            self._call("limit", limit=limit)
+            self.announced = limit
+
+    def set_rate(self, rate: float | str) -> None:
+        """Change the rate now, for every worker ('auto' to let the fleet find it)."""
+        self.redis.hset(self.key, "rate", _rate_arg(rate))
 
     @property
     def rate(self) -> float:
-        """The rate in force: the one set by `set_rate`, else the configured default."""
-        value = self.redis.hget(self.key, "rate")
-        return float(value) if value is not None else self.default_rate
+        """The rate in force now, requests/s (in auto mode, where the controller is)."""
+        self._call("check")
+        return self.last_rate
+
+
+def _rate_arg(rate: float | str) -> str:
+    """A rate for the script: 'auto' or a positive number; ValueError otherwise."""
+    if rate == "auto":
+        return "auto"
+    try:
+        value = float(rate)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"rate must be 'auto' or > 0 requests/s, got {rate!r}")
+    return repr(value)

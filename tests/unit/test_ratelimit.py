@@ -127,13 +127,23 @@ def test_pause_makes_an_acquire_wait_it_out(make_limiter, clock) -> None:
 
 
 def test_after_a_pause_sends_resume_one_interval_apart(make_limiter, clock) -> None:
-    """When a pause ends, waiting callers go one at a time, not as a herd."""
+    """When a pause ends, waiting callers go one at a time (a 429 is congestion: the
+    fleet resumes at 0.85 x 0.97 of its rate, then grows back), not as a herd."""
     limiter = make_limiter(rate=10)
     limiter.pause(1.0)
     start = clock.now
     times = send_times(limiter, clock, 4)
     assert times[0] - start == pytest.approx(1.0, abs=2 * US)
-    assert gaps(times) == pytest.approx([0.1] * 3, abs=2 * US)
+    assert gaps(times) == pytest.approx([1 / (10 * 0.97 * 0.85)] * 3, abs=0.005)
+
+
+def test_a_fixed_rate_grows_back_to_its_ceiling_after_a_429(make_limiter, clock) -> None:
+    """After the decrease, a configured rate is regained within about ten seconds."""
+    limiter = make_limiter(rate=10)
+    limiter.pause(1.0)
+    assert limiter.rate == pytest.approx(10 * 0.97 * 0.85, rel=0.01)
+    clock.advance(12.0)
+    assert limiter.rate == pytest.approx(10.0)
 
 
 def test_a_later_shorter_pause_never_shortens_a_pause(make_limiter, clock) -> None:

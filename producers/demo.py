@@ -20,7 +20,7 @@ from celery.contrib.testing.worker import start_worker
 from pydantic import SecretStr
 
 from ops.fake_api import FakeApiConfig, run_in_thread
-from producers.progress import ProgressPrinter, summary
+from producers.progress import ProgressPrinter, fleet_pause, summary
 from producers.submit import submit
 from worker.celery import app, celery_config
 from worker.logs import configure_logging
@@ -90,7 +90,8 @@ def run_demo(*, ids: int, rate: float, workers: int, redis_url: str | None) -> i
             job = submit(
                 demo_ids(ids), reason="wickson-purge demo", settings=settings, client=client
             )
-            final = job.wait(poll_s=0.2, on_progress=ProgressPrinter(every_s=1.0))
+            with ProgressPrinter(every_s=1.0, throttle=fleet_pause(job.store)) as show:
+                final = job.wait(poll_s=0.2, on_progress=show)
         elapsed = time.monotonic() - started
         ledger = fake.api.ledger()
     set_runtime(None)

@@ -60,7 +60,14 @@ def read_lines(source: Iterable[bytes | str]) -> Iterator[Line]:
     column: int | None = None
     first = True
     for number, raw in enumerate(source, start=1):
-        text = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+        undecodable = False
+        if isinstance(raw, bytes):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text, undecodable = raw.decode("utf-8", "surrogateescape"), True
+        else:
+            text = raw
         if not text.strip():
             continue
         if first:
@@ -73,7 +80,7 @@ def read_lines(source: Iterable[bytes | str]) -> Iterator[Line]:
             fields = next(csv.reader([text]))
             text = fields[column] if column < len(fields) else ""
         text = text.strip()
-        if any("\udc80" <= c <= "\udcff" for c in text):
+        if undecodable and any("\udc80" <= c <= "\udcff" for c in text):
             yield Line(
                 number,
                 text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
@@ -120,7 +127,7 @@ class Deduplicator:
     """Keeps the first occurrence of each id, in memory up to `memory_limit` ids, then
     spilled to `partitions` temporary files by hash, so memory stays flat at any size."""
 
-    memory_limit: int = 1_000_000
+    memory_limit: int = 200_000
     partitions: int = 256
     added: int = 0
     _seen: dict[str, None] = field(default_factory=dict)

@@ -1,58 +1,308 @@
-"""Progress and summaries of a job, for humans: one line, updated in place on a terminal,
-printed every few seconds elsewhere."""
+"""Progress and summaries of a job, for humans.
+
+`ProgressPrinter` is called with each status a watcher polls (`wait`, `status --watch`,
+`submit --wait`, `demo`). On a terminal it draws a live progress bar (rich): done/total,
+ids/s, ETA, outcomes, 429s and time throttled. Anywhere else (a pipe, a log file, CI) it
+prints one plain line every few seconds, and the final one.
+
+The numbers come from the job's counters (`JobStatus`), except two measured by the
+watcher: ids/s over the last `RATE_WINDOW_S` seconds of polls, and "throttled", the time
+the fleet was seen paused by a 429 while watching (the job records no throttled time).
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TextIO
 
-from worker.store import JobStatus
+import redis
+from rich.console import Console, RenderableType
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
+from rich.text import Text
+
+from worker.ratelimit import FleetLimiter
+from worker.store import JobStatus, JobStore
+
+RATE_WINDOW_S = 30.0
+"""ids/s is measured over this much of the recent past: steady, yet it follows a change."""
+
+MIN_RATE_SPAN_S = 0.5
+"""No rate from polls closer together than this (it would be noise)."""
 
 
-def progress_line(status: JobStatus, ids_per_s: float | None = None) -> str:
-    """One line: done/total, percent, outcomes, rate."""
-    total = status.total or 1
-    parts = [
-        f"job {status.job_id[:8]} {status.state}:",
-        f"{status.done:,}/{status.total:,} ids ({100 * status.done / total:.0f}%)",
-        f"deleted {status.deleted:,}",
-        f"failed {status.failed:,}",
-    ]
+# -- measures (pure) -----------------------------------------------------------------------
+
+
+class RateMeter:
+    """Ids per second over the last `window_s` seconds of (time, done) samples."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, now: float, done: int) -> None:
+        """Record that `done` ids had their outcome at `now` (seconds, monotonic)."""
+        self._samples.append((now, done))
+        # Keep one sample older than the window, so the window is always spanned.
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+
+    def reset(self) -> None:
+        """Forget every sample (the job has not started: its waiting is not its rate)."""
+        self._samples.clear()
+
+    def rate(self) -> float | None:
+        """Ids/s over the samples kept, or None before they span `MIN_RATE_SPAN_S`."""
+        if len(self._samples) < 2:
+            return None
+        (t0, d0), (t1, d1) = self._samples[0], self._samples[-1]
+        return (d1 - d0) / (t1 - t0) if t1 - t0 >= MIN_RATE_SPAN_S else None
+
+
+class ThrottleMeter:
+    """Seconds the fleet was paused by 429s, from the pause left seen at each poll: the
+    union of the pauses seen, up to now. A pause that began and ended between two polls
+    is not seen."""
+
+    def __init__(self) -> None:
+        self._total = 0.0
+        self._mark: float | None = None
+        self._until = 0.0
+
+    def observe(self, now: float, pause_left_s: float) -> None:
+        """At `now` the fleet had `pause_left_s` seconds of pause left (0: not paused)."""
+        self._total = self.seconds(now)
+        self._mark = now
+        # A pause only ever grows, unless an operator lifts it: trust the latest answer.
+        self._until = max(self._until, now + pause_left_s) if pause_left_s > 0 else now
+
+    def seconds(self, now: float) -> float:
+        """Paused seconds seen so far, up to `now`."""
+        if self._mark is None:
+            return 0.0
+        return self._total + max(0.0, min(now, self._until) - self._mark)
+
+
+def eta_s(status: JobStatus, ids_per_s: float | None) -> float | None:
+    """Seconds until every id has its outcome at `ids_per_s`; 0 once finished; None
+    without a rate to go by."""
+    if status.finished:
+        return 0.0
+    if not ids_per_s or ids_per_s <= 0:
+        return None
+    return max(status.total - status.done, 0) / ids_per_s
+
+
+def format_duration(seconds: float | None) -> str:
+    """'42s', '4m05s', '2h03m'; '--' for None."""
+    if seconds is None:
+        return "--"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3_600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3_600}h{s % 3_600 // 60:02d}m"
+
+
+# -- lines ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class View:
+    """One moment of a job as the display shows it."""
+
+    status: JobStatus
+    ids_per_s: float | None = None
+    eta_s: float | None = None
+    throttled_s: float = 0.0
+
+
+def outcome_parts(view: View) -> list[str]:
+    """'deleted N', 'failed N', and the other counters worth showing."""
+    status = view.status
+    parts = [f"deleted {status.deleted:,}", f"failed {status.failed:,}"]
     if status.already_absent:
         parts.append(f"already absent {status.already_absent:,}")
     if status.not_attempted:
         parts.append(f"not attempted {status.not_attempted:,}")
-    if ids_per_s is not None:
-        parts.append(f"{ids_per_s:,.0f} ids/s")
     if status.rate_limited:
         parts.append(f"429s {status.rate_limited:,}")
+    if view.throttled_s >= 0.05 or status.rate_limited:
+        parts.append(f"throttled {view.throttled_s:.1f}s")
+    return parts
+
+
+def progress_line(
+    status: JobStatus,
+    ids_per_s: float | None = None,
+    *,
+    eta: float | None = None,
+    throttled_s: float = 0.0,
+) -> str:
+    """One plain line: done/total, percent, ids/s, ETA, outcomes, 429s, throttled time."""
+    total = status.total or 1
+    parts = [
+        f"job {status.job_id[:8]} {status.state}:",
+        f"{status.done:,}/{status.total:,} ids ({100 * status.done / total:.0f}%)",
+    ]
+    if ids_per_s is not None:
+        parts.append(f"{ids_per_s:,.0f} ids/s")
+    if eta is not None and not status.finished:
+        parts.append(f"ETA {format_duration(eta)}")
+    parts.extend(outcome_parts(View(status, ids_per_s, eta, throttled_s)))
     return "  ".join(parts)
 
 
-class ProgressPrinter:
-    """Call with each new status; prints a live line (tty) or a line every `every_s`."""
+# -- the display ---------------------------------------------------------------------------
 
-    def __init__(self, stream: TextIO = sys.stderr, *, every_s: float = 5.0) -> None:
-        self.stream = stream
-        self.live = stream.isatty()
+
+class _JobProgress(Progress):
+    """A rich Progress with a line of outcomes under the bar."""
+
+    footer: RenderableType = Text("")
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        yield self.footer
+
+
+def _columns() -> list[TextColumn | BarColumn]:
+    field = "{task.fields[%s]}"
+    return [
+        TextColumn(field % "title"),
+        BarColumn(bar_width=None),
+        TextColumn(field % "counts"),
+        TextColumn(field % "rate"),
+        TextColumn(field % "eta"),
+    ]
+
+
+class ProgressPrinter:
+    """Call with each new status. On a terminal (or with `console`): a live rich bar;
+    elsewhere a plain line every `every_s` seconds and at the end. `throttle(status)`
+    returns the fleet's pause left in seconds. Use it as a context manager, so an
+    interrupted watch still restores the terminal; it closes itself once the job ends."""
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        every_s: float = 5.0,
+        throttle: Callable[[JobStatus], float] | None = None,
+        console: Console | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream or sys.stderr
         self.every_s = every_s
-        self._last_print = 0.0
-        self._first: tuple[float, int] | None = None
+        self.throttle = throttle
+        self.clock = clock
+        self.live = console is not None or self.stream.isatty()
+        self._console = console
+        self._progress: _JobProgress | None = None
+        self._task = TaskID(0)
+        self._last_print: float | None = None
+        self._rate = RateMeter()
+        self._throttled = ThrottleMeter()
+
+    def __enter__(self) -> ProgressPrinter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def __call__(self, status: JobStatus) -> None:
-        now = time.monotonic()
-        if self._first is None or status.state in ("queued", "staging"):
-            self._first = (now, status.done)
-        elapsed = now - self._first[0]
-        rate = (status.done - self._first[1]) / elapsed if elapsed > 0.5 else None
-        line = progress_line(status, rate)
+        view = self.measure(status)
         if self.live:
-            self.stream.write("\r\033[K" + line + ("\n" if status.finished else ""))
+            self._draw(view)
+        elif self._due(status):
+            self.stream.write(
+                progress_line(status, view.ids_per_s, eta=view.eta_s, throttled_s=view.throttled_s)
+                + "\n"
+            )
             self.stream.flush()
-        elif status.finished or now - self._last_print >= self.every_s:
-            self.stream.write(line + "\n")
+        if status.finished:
+            self.close()
+
+    def measure(self, status: JobStatus) -> View:
+        """Record `status` and return what to show of it."""
+        now = self.clock()
+        if status.state in ("queued", "staging"):
+            self._rate.reset()
+        self._rate.add(now, status.done)
+        if self.throttle is not None:
+            self._throttled.observe(now, self.throttle(status))
+        rate = self._rate.rate()
+        return View(status, rate, eta_s(status, rate), self._throttled.seconds(now))
+
+    def close(self) -> None:
+        """Stop the live display (it stays on screen as last drawn)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def _due(self, status: JobStatus) -> bool:
+        now = self.clock()
+        if status.finished or self._last_print is None or now - self._last_print >= self.every_s:
             self._last_print = now
+            return True
+        return False
+
+    def _draw(self, view: View) -> None:
+        status = view.status
+        if self._progress is None:
+            console = self._console or Console(file=self.stream)
+            self._progress = _JobProgress(*_columns(), console=console, auto_refresh=False)
+            self._task = self._progress.add_task("", **_bar_fields(view))
+            self._progress.start()
+        self._progress.footer = Text("  ".join(outcome_parts(view)))
+        self._progress.update(
+            self._task,
+            total=max(status.total, 1),
+            completed=status.done if status.total else 1,
+            **_bar_fields(view),
+        )
+        self._progress.refresh()
+
+
+def _bar_fields(view: View) -> dict[str, Any]:
+    """The text columns of the bar's line."""
+    status = view.status
+    return {
+        "title": f"job {status.job_id[:8]} {status.state}",
+        "counts": f"{status.done:,}/{status.total:,} ids",
+        "rate": "--- ids/s" if view.ids_per_s is None else f"{view.ids_per_s:,.0f} ids/s",
+        "eta": "" if status.finished else f"ETA {format_duration(view.eta_s)}",
+    }
+
+
+def fleet_pause(store: JobStore) -> Callable[[JobStatus], float]:
+    """`throttle` for ProgressPrinter: seconds left in the pause of the job's fleet limiter
+    (one per key alias); 0 when Redis does not answer (the next status poll says so)."""
+    limiters: dict[str, FleetLimiter] = {}
+
+    def pause_left(status: JobStatus) -> float:
+        alias = status.key_alias
+        if alias not in limiters:
+            # Read-only use: the default rate matters to `acquire` alone.
+            key = store.keys.limiter(alias)
+            limiters[alias] = FleetLimiter(store.redis, key, rate=1.0)
+        try:
+            return limiters[alias].paused_for()
+        except redis.RedisError:
+            return 0.0
+
+    return pause_left
 
 
 def summary(status: JobStatus) -> str:

@@ -6,10 +6,13 @@
 Ids are validated, de-duplicated and staged into Redis in pipelined chunks; the job
 becomes runnable only once every id is staged (a producer killed halfway leaves nothing
 that runs), then one start task fans it out to the workers.
+
+    plan = dry_run(open("ids.txt", "rb"))   # counts and an estimate; writes nothing
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,10 +21,11 @@ import redis
 
 from producers.control import send_start
 from producers.ingest import INVALID_REASON, Deduplicator, Line, batched, printable, read_lines
-from worker.errors import InputError
+from worker.errors import EmptyInput, InputError
 from worker.keys import Keys
+from worker.ratelimit import FleetLimiter
 from worker.settings import DEFAULT_ALIAS, Settings, get_settings
-from worker.store import BATCH_SIZE, JobStatus, JobStore
+from worker.store import BATCH_SIZE, PRIORITIES, JobStatus, JobStore, Priority
 
 MAX_REASON_LENGTH = 1_000
 BATCHES_PER_ROUND_TRIP = 100
@@ -39,6 +43,28 @@ class IngestReport:
     invalid: int = 0
     duplicates: int = 0
     invalid_lines: list[Line] = field(default_factory=list)
+
+
+@dataclass
+class DryRun:
+    """What `submit` would do with the same input, found without writing anything."""
+
+    report: IngestReport
+    key_alias: str
+    priority: Priority
+    rate_per_s: float
+    """The fleet's request rate for the key alias now (the limiter's)."""
+
+    @property
+    def batches(self) -> int:
+        """Requests the job needs at least: one per 100 unique valid ids."""
+        return math.ceil(self.report.valid / BATCH_SIZE)
+
+    @property
+    def estimate_s(self) -> float:
+        """Seconds to send every batch at the fleet's rate, if no other job shares it
+        (429 pauses and retries come on top)."""
+        return self.batches / self.rate_per_s if self.rate_per_s > 0 else math.inf
 
 
 class Job:
@@ -112,6 +138,13 @@ def check_alias(store: JobStore, alias: str) -> None:
     raise InputError(f"unknown key alias {alias!r}: the workers hold {allowed}")
 
 
+def check_priority(priority: str) -> Priority:
+    """A job priority, or InputError naming the allowed ones."""
+    if priority not in PRIORITIES:
+        raise InputError(f"unknown priority {priority!r}: use one of {', '.join(PRIORITIES)}")
+    return priority
+
+
 def store_for(settings: Settings, client: redis.Redis | None = None) -> JobStore:
     """The job store the settings point at."""
     return JobStore(
@@ -131,32 +164,38 @@ def submit(
     client: redis.Redis | None = None,
     start: Callable[[str], None] | None = None,
     key_alias: str = DEFAULT_ALIAS,
+    priority: Priority = "normal",
+    sweep: str | None = None,
+    retry_of: str | None = None,
+    confirm: Callable[[IngestReport], bool] | None = None,
 ) -> Job:
     """Enqueue a job deleting `ids` (lines of text or bytes; blanks and duplicates are
-    dropped, invalid ids recorded as failed `invalid_id`). Raises InputError."""
+    dropped, invalid ids recorded as failed `invalid_id`) on the queue of `priority`.
+    `confirm`, given the counts once every id is staged, may still refuse (nothing runs).
+    Raises InputError."""
     settings = settings or get_settings()
     reason = check_reason(reason)
+    check_priority(priority)
     store = store_for(settings, client)
     check_alias(store, key_alias)
     job_id, created = store.create(
-        reason=reason, idempotency_key=idempotency_key, key_alias=key_alias
+        reason=reason,
+        idempotency_key=idempotency_key,
+        key_alias=key_alias,
+        priority=priority,
+        sweep=sweep,
+        retry_of=retry_of,
     )
     if not created:
         return Job(job_id, store)
     try:
-        report, unique = _scan(store, job_id, ids, max_ids=settings.max_job_ids)
-        if report.submitted == 0:
-            raise InputError("no ids in the input (it is empty or blank): nothing to delete")
+        report, batches = _stage(store, job_id, ids, max_ids=settings.max_job_ids)
+        if confirm is not None and not confirm(report):
+            raise InputError("not confirmed: nothing was submitted")
     except BaseException:
         # A refused input must not leave a staging job (or hold its idempotency key).
         store.discard(job_id, idempotency_key)
         raise
-    batches = 0
-    for chunk in batched(batched(unique, BATCH_SIZE), BATCHES_PER_ROUND_TRIP):
-        store.stage(job_id, batches, chunk)
-        batches += len(chunk)
-        report.valid += sum(len(b) for b in chunk)
-    report.duplicates = report.submitted - report.valid - report.invalid
     state = store.seal(
         job_id,
         batches=batches,
@@ -165,14 +204,75 @@ def submit(
         submitted=report.submitted,
     )
     if state == "queued":
-        (start or send_start)(job_id)
+        if start is not None:
+            start(job_id)
+        else:
+            send_start(job_id, priority)
     return Job(job_id, store, report)
 
 
+def dry_run(
+    ids: Iterable[bytes | str],
+    *,
+    reason: str | None = None,
+    settings: Settings | None = None,
+    client: redis.Redis | None = None,
+    key_alias: str = DEFAULT_ALIAS,
+    priority: Priority = "normal",
+) -> DryRun:
+    """Validate and count `ids` as `submit` would, and read the fleet's rate for an
+    estimate; writes no Redis key and sends nothing. Raises InputError as `submit` does."""
+    settings = settings or get_settings()
+    check_reason(reason)
+    check_priority(priority)
+    store = store_for(settings, client)
+    check_alias(store, key_alias)
+    invalid = Deduplicator()
+
+    def keep_invalid(chunk: dict[str, str]) -> int:
+        for text in chunk:
+            invalid.add(text)
+        return 0  # counted once, de-duplicated, below
+
+    report, unique = _scan(ids, max_ids=settings.max_job_ids, stage_invalid=keep_invalid)
+    report.valid = sum(1 for _ in unique)
+    report.invalid = sum(1 for _ in invalid)
+    report.duplicates = report.submitted - report.valid - report.invalid
+    limiter = FleetLimiter(
+        store.redis,
+        store.keys.limiter(key_alias),
+        rate=settings.rate_limit,
+        burst=settings.rate_burst,
+    )
+    return DryRun(report, key_alias, priority, limiter.rate)
+
+
+def _stage(
+    store: JobStore, job_id: str, ids: Iterable[bytes | str], *, max_ids: int
+) -> tuple[IngestReport, int]:
+    """Scan `ids` into staging job `job_id`: invalid ids as failures, then the unique valid
+    ones in batches. Returns the counts and the number of batches."""
+    report, unique = _scan(
+        ids, max_ids=max_ids, stage_invalid=lambda chunk: store.stage(job_id, 0, [], chunk)
+    )
+    batches = 0
+    for chunk in batched(batched(unique, BATCH_SIZE), BATCHES_PER_ROUND_TRIP):
+        store.stage(job_id, batches, chunk)
+        batches += len(chunk)
+        report.valid += sum(len(b) for b in chunk)
+    report.duplicates = report.submitted - report.valid - report.invalid
+    return report, batches
+
+
 def _scan(
-    store: JobStore, job_id: str, source: Iterable[bytes | str], *, max_ids: int
+    source: Iterable[bytes | str],
+    *,
+    max_ids: int,
+    stage_invalid: Callable[[dict[str, str]], int],
 ) -> tuple[IngestReport, Deduplicator]:
-    """Read every line: valid ids into a de-duplicator, invalid ones staged as failures."""
+    """Read every line: valid ids into a de-duplicator, invalid ones handed to
+    `stage_invalid` in chunks (it returns how many were new). Raises InputError for an
+    input over `max_ids` lines or without any id."""
     report, unique, invalid = IngestReport(), Deduplicator(), {}
     try:
         for line in read_lines(source):
@@ -189,9 +289,11 @@ def _scan(
             if len(report.invalid_lines) < INVALID_SHOWN:
                 report.invalid_lines.append(line)
             if len(invalid) >= BATCH_SIZE * BATCHES_PER_ROUND_TRIP:
-                report.invalid += store.stage(job_id, 0, [], invalid)
+                report.invalid += stage_invalid(invalid)
                 invalid = {}
-        report.invalid += store.stage(job_id, 0, [], invalid) if invalid else 0
+        report.invalid += stage_invalid(invalid) if invalid else 0
+        if report.submitted == 0:
+            raise EmptyInput("no ids in the input (it is empty or blank): nothing to delete")
     except BaseException:
         unique.close()
         raise

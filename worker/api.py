@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -115,6 +116,8 @@ class BatchOutcome:
     ld_vectors: int = 0
     operation_id: str = ""
     anomalies: list[str] = field(default_factory=list)
+    limit: float | None = None
+    """The request rate the API announced in its rate-limit headers, if any."""
 
 
 def classify_success(requested: Sequence[str], body: DeleteResponse) -> BatchOutcome:
@@ -175,6 +178,27 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)
+
+
+_POLICY = re.compile(r"(?:^|[;,\s])q=(\d+(?:\.\d+)?)(?:.*?;\s*w=(\d+(?:\.\d+)?))?")
+
+
+def announced_limit(headers: Mapping[str, str]) -> float | None:
+    """The request rate (per second) a response announces, from `RateLimit-Policy`
+    (IETF draft: q=quota;w=window) or `X-RateLimit-Limit` (taken as per second), else None."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    policy = lowered.get("ratelimit-policy")
+    if policy:
+        match = _POLICY.search(policy)
+        if match:
+            quota, window = float(match.group(1)), float(match.group(2) or 1)
+            return quota / window if quota > 0 and window > 0 else None
+    value = lowered.get("x-ratelimit-limit", "").strip()
+    try:
+        limit = float(value.split(",")[0]) if value else 0.0
+    except ValueError:
+        return None
+    return limit if limit > 0 and math.isfinite(limit) else None
 
 
 def classify_error(status: int, headers: Mapping[str, str], content: bytes) -> ApiError:
@@ -241,8 +265,10 @@ class WicksonClient:
                 content=payload,
                 headers={"X-Api-Key": self._key.get_secret_value()},
             )
+        limit = announced_limit(response.headers)
         if response.status_code != 200:
             error = classify_error(response.status_code, response.headers, response.content)
+            error.limit = limit
             secret = self._key.get_secret_value()
             if secret and secret in str(error):
                 # An API that echoes the key must not get it into our errors (and Redis).
@@ -252,7 +278,9 @@ class WicksonClient:
             body = DeleteResponse.model_validate_json(response.content)
         except ValidationError:
             raise OutcomeUnknown("200 with an unparseable body", status=200) from None
-        return classify_success(media_ids, body)
+        outcome = classify_success(media_ids, body)
+        outcome.limit = limit
+        return outcome
 
 
 @contextmanager

@@ -8,6 +8,7 @@ store's per-id commit, so running it twice never counts twice. Knows nothing of 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from worker import metrics
 from worker.api import BatchOutcome, WicksonClient, is_not_found
 from worker.backoff import retry_wait
 from worker.errors import (
@@ -69,6 +71,7 @@ class BatchRun:
         self._api, self._limiter = api, limiter
         self.sleep = sleep
         self.tenants = tenants
+        self.job_limiter: FleetLimiter | None = None
         self.stopping = stopping
         """True once the worker shuts down: hand the batch back before the next request."""
         """Client and limiter of a key alias; without it, `api` and `limiter` serve all."""
@@ -98,8 +101,11 @@ class BatchRun:
         try:
             result = self._run()
         except Deferred as exc:
+            self.wait_s += exc.waited_s
+            metrics.record_run("deferred")
             self._log_run("deferred", started, countdown_s=round(exc.countdown_s, 3), why=exc.why)
             raise
+        metrics.record_run(result.verdict)
         if result.verdict != "done":
             self._log_run(result.verdict, started)
         return result
@@ -138,6 +144,13 @@ class BatchRun:
         if claim.verdict == "busy":
             raise Deferred(max(int(claim.extra), 100) / 1000, "batch owned by another run")
         self.pending = {media_id: pos for pos, media_id in claim.pending()}
+        if claim.job_rate:
+            self.job_limiter = FleetLimiter(
+                self.store.redis,
+                self.store.keys.job_limiter(self.job_id),
+                rate=float(claim.job_rate),
+                sleep=self.sleep,
+            )
         self.reason = claim.reason or None
         self.attempts, self.uncertain = claim.attempts, claim.uncertain
         if claim.verdict == "poison":
@@ -172,7 +185,12 @@ class BatchRun:
                 return
             if self.stopping():
                 raise Deferred(0.0, "worker shutting down")
-            self.wait_s += self.limiter.acquire(self.settings.max_wait_in_task_s)
+            waited = 0.0
+            if self.job_limiter is not None:  # a job throttled below the fleet's rate
+                waited += self.job_limiter.acquire(self.settings.max_wait_in_task_s)
+            waited += self.limiter.acquire(self.settings.max_wait_in_task_s)
+            self.wait_s += waited
+            metrics.record_limiter_wait(waited)
             chunk = chunks[0]
             started = time.perf_counter()
             try:
@@ -180,7 +198,9 @@ class BatchRun:
                     outcome = self.api.delete_batch(chunk, self.reason)
                 finally:
                     self.api_s += time.perf_counter() - started
+                    metrics.record_request(time.perf_counter() - started, sys.exc_info()[1])
             except RateLimited as exc:
+                self.limiter.observe_limit(exc.limit)
                 self._on_rate_limited(exc)
             except JobStopping as exc:
                 self._on_job_stopping(exc)
@@ -190,6 +210,7 @@ class BatchRun:
             except Retryable as exc:
                 self._on_retryable(exc)
             else:
+                self.limiter.observe_limit(outcome.limit)
                 chunks.popleft()
                 retry = self._on_answer(outcome, last=not chunks)
                 if retry:
@@ -274,6 +295,7 @@ class BatchRun:
         self.unsent.requests += 1
         self.last_error = exc
         if self.store.stop(self.job_id, "failed", f"{exc.code}: {exc}"):
+            metrics.record_job_stopped(exc)
             self.log.error("job.stopped", error=str(exc))
         self._finish_all("skipped", exc.code)
 
@@ -307,6 +329,7 @@ class BatchRun:
             commit.last_error = str(self.last_error)[:300]
         commit.final = final
         result = self.store.commit(self.job_id, self.index, self.token, commit)
+        metrics.record_commit(commit, result.counted)
         for name, entries in (
             ("deleted", commit.deleted),
             ("absent", commit.absent),

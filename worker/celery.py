@@ -2,23 +2,44 @@
 
 Celery on Redis delivers at least once (see the README's "Delivery" section): acks are
 late, a lost child requeues its task, and every task is written to run twice safely.
+
+Priorities are queues, one per job priority (`QUEUES`). A worker consumes all three by
+default, high first: kombu's Redis transport with ``queue_order_strategy: 'priority'``
+BRPOPs the queues in the order the worker lists them (``task_queues``, or ``-Q``), so a
+message waiting in a higher queue is always taken first. A job's batches stay in the queue
+its start task came from. A dedicated high-priority fleet: ``-Q wickson-purge.high``.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from typing import Any
 
 import structlog
 from celery import Celery, signals
+from kombu.entity import Exchange, Queue
 
 from worker.errors import ConfigError
 from worker.settings import Settings, get_settings
 
 QUEUE = "wickson-purge"
+QUEUE_HIGH = f"{QUEUE}.high"
+QUEUE_LOW = f"{QUEUE}.low"
+QUEUES: dict[str, str] = {"high": QUEUE_HIGH, "normal": QUEUE, "low": QUEUE_LOW}
+"""The broker queue of each job priority, highest first (the order workers consume them)."""
 START_TASK = "wickson_purge.start_job"
 BATCH_TASK = "wickson_purge.delete_batch"
 WATCHDOG_TASK = "wickson_purge.watchdog"
+SWEEP_TASK = "wickson_purge.run_sweep"
+SWEEP_EXPIRES_S = 3_600
+"""A sweep tick still queued after an hour is dropped: the next tick sweeps the same data."""
+
+
+def queue_for(priority: str) -> str:
+    """The broker queue of a job priority (an unknown one: the normal queue)."""
+    return QUEUES.get(priority, QUEUE)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -30,6 +51,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # visibility timeout itself.
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 6)),
         "unacked_restore_throttle": 1,
+        # BRPOP the queues in the order given (high, normal, low), not round robin: a
+        # high-priority batch is taken before any waiting normal or low one.
+        "queue_order_strategy": "priority",
     }
     return {
         "broker_url": settings.redis_url,
@@ -46,8 +70,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,  # bounded by the store's crash count (poison)
         "worker_prefetch_multiplier": 1,
         "task_default_queue": QUEUE,
+        # Exchange and routing key named like the queue, as Celery creates them on Redis.
+        "task_queues": [
+            Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
+            for name in QUEUES.values()
+        ],
         "worker_soft_shutdown_timeout": settings.shutdown_grace_s,
-        "worker_enable_soft_shutdown_on_idle": True,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "beat_schedule": {
@@ -56,9 +84,26 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.watchdog_interval_s,
                 # A watchdog run that waited longer than its interval is stale: skip it.
                 "options": {"expires": settings.watchdog_interval_s},
-            }
+            },
+            **_sweep_schedule(settings),
         },
     }
+
+
+def _sweep_schedule(settings: Settings) -> dict[str, Any]:
+    """Beat entries of the retention sweeps in WICKSON_SWEEPS_FILE (none when it is unset).
+    Raises ConfigError for a file that does not load."""
+    if settings.sweeps_file is None:
+        return {}
+    # A sweep is a producer that beat runs on the fleet: the one place where the worker
+    # package reads a producers module (lazily, so producers may import this one).
+    from producers.sweeps import beat_entries, load_sweeps
+
+    sweeps = load_sweeps(settings.sweeps_file)
+    # The sweep task itself is short (read ids, submit a job): the high queue keeps it from
+    # waiting behind bulk deletes; the job it submits runs at the sweep's priority.
+    options = {"queue": QUEUE_HIGH, "expires": SWEEP_EXPIRES_S}
+    return beat_entries(sweeps, task=SWEEP_TASK, options=options)
 
 
 app = Celery("wickson_purge", include=["worker.tasks"])
@@ -97,3 +142,39 @@ def _after_fork(**_: Any) -> None:
     from worker.runtime import set_runtime
 
     set_runtime(None)  # sockets of the parent must not be shared
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: int | None = None, **_: Any) -> None:
+    from worker.logs import configure_logging
+
+    # Connected, this receiver makes Celery install no handler of its own (its task
+    # logger's would bypass `scrub_secrets`): its records render through ours.
+    configure_logging(level=loglevel or logging.INFO)
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    from worker.metrics import FleetCollector, serve
+    from worker.runtime import get_runtime
+
+    # Once per worker node, in the main process (prefork: it sums its children's files).
+    runtime = get_runtime()
+    port = runtime.settings.metrics_port
+    if port is None:
+        return
+    queues = lambda: list(app.amqp.queues)  # noqa: E731 (read each scrape)
+    log = structlog.get_logger("wickson_purge.metrics")
+    try:
+        serve(port, FleetCollector(runtime.store, runtime.limiter, queues))
+    except OSError as exc:
+        log.error("metrics.not_served", port=port, error=str(exc))
+        return
+    log.info("metrics.serving", port=port)
+
+
+@signals.worker_process_shutdown.connect
+def _child_exited(pid: int | None = None, **_: Any) -> None:
+    from worker.metrics import mark_process_dead
+
+    mark_process_dead(pid or os.getpid())

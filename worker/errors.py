@@ -2,7 +2,8 @@
 
     PurgeError
     ├── InputError            fix the input: bad id file, unknown job, job too large
-    │   └── JobNotFound
+    │   ├── JobNotFound
+    │   └── EmptyInput        the input holds no id at all (a sweep: nothing to do)
     ├── ConfigError           fix the configuration: the worker refuses to start
     ├── StoreUnavailable      retry: Redis did not answer (nothing was committed)
     ├── Deferred              retry later: the wait is long, free the worker slot
@@ -39,6 +40,10 @@ class JobNotFound(InputError, LookupError):
         self.job_id = job_id
 
 
+class EmptyInput(InputError):
+    """The input holds no id (empty, blank lines, a header only): there is nothing to do."""
+
+
 class ConfigError(PurgeError):
     """The configuration is unusable; the message names the variable."""
 
@@ -50,10 +55,12 @@ class StoreUnavailable(PurgeError):
 class Deferred(PurgeError):
     """A wait too long to spend holding a worker slot: come back in `countdown_s`."""
 
-    def __init__(self, countdown_s: float, why: str) -> None:
+    def __init__(self, countdown_s: float, why: str, *, waited_s: float = 0.0) -> None:
         super().__init__(f"deferred {countdown_s:.2f} s: {why}")
         self.countdown_s = countdown_s
         self.why = why
+        self.waited_s = waited_s
+        """Seconds already spent waiting before deferring (the run's limiter wait)."""
 
 
 class ApiError(PurgeError):
@@ -61,6 +68,8 @@ class ApiError(PurgeError):
 
     code: str = "API_ERROR"
     maybe_deleted: bool = False
+    limit: float | None = None
+    """The request rate the API announced in its rate-limit headers, if any."""
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
         super().__init__(message)

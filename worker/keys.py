@@ -22,6 +22,9 @@ Layout, for prefix ``wp`` and job ``J`` (a batch is identified by its index ``i`
     wp:rl:<alias>           hash   the fleet rate limiter of one API key: tat, paused_until, rate
     wp:aliases              set    API key aliases the workers hold (never the keys)
     wp:events               list   job-finished events, newest first (capped)
+    wp:sweep:<name>:<tick>  string the run that owns sweep <name>'s tick (SET NX, expires):
+                                   a tick runs once, however many beats sent it
+    wp:sweep:<name>:runs    list   the sweep's runs, newest first (JSON; capped)
 
 Ids are packed 100 to a hash field: a 10M-id job is 100k fields, near the raw bytes.
 """
@@ -74,12 +77,22 @@ class Keys:
     def lease(self, job_id: str, index: int) -> str:
         return f"{self.prefix}:job:{job_id}:lease:{index}"
 
+    def job_limiter(self, job_id: str) -> str:
+        """The limiter of a job given its own rate (`rethrottle --job`)."""
+        return f"{self.prefix}:rl:job:{job_id}"
+
     def limiter(self, alias: str = "default") -> str:
         return f"{self.prefix}:rl:{alias}"
 
     @property
     def aliases(self) -> str:
         return f"{self.prefix}:aliases"
+
+    def sweep_tick(self, name: str, tick: str) -> str:
+        return f"{self.prefix}:sweep:{name}:{tick}"
+
+    def sweep_runs(self, name: str) -> str:
+        return f"{self.prefix}:sweep:{name}:runs"
 
     def job_keys(self, job_id: str) -> list[str]:
         """The record and every per-job structure, in the order the Lua scripts expect."""

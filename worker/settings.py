@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -46,8 +47,9 @@ class Settings(BaseSettings):
     )
     """Broker and results store (one Redis: one thing to run, back up and secure)."""
 
-    rate_limit: float = Field(10.0, gt=0, le=10_000)
-    """Fleet-wide API requests per second, shared by every worker and job."""
+    rate_limit: Annotated[float, Field(gt=0, le=10_000)] | Literal["auto"] = 10.0
+    """Fleet-wide API requests per second, shared by every worker and job; 'auto' finds
+    the API's limit from its 429s and rate-limit headers."""
 
     rate_burst: int = Field(1, ge=1, le=1_000)
     """Requests allowed back to back above the steady rate (1: perfectly smooth)."""
@@ -95,8 +97,16 @@ class Settings(BaseSettings):
     max_job_ids: int = Field(50_000_000, ge=1)
     """Guard rail: a larger job is refused before anything is sent."""
 
+    sweeps_file: Path | None = None
+    """TOML file of retention sweeps run by beat (producers/sweeps.py); none: no sweeps.
+    Beat and the workers must read the same file."""
+
     key_prefix: str = Field("wp", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     """Prefix of every Redis key, so several deployments can share one Redis."""
+
+    metrics_port: int | None = Field(None, ge=1, le=65_535)
+    """Serve Prometheus metrics on this port, one endpoint per worker node (prefork: set
+    PROMETHEUS_MULTIPROC_DIR too, see worker/metrics.py). None: no endpoint, no port opened."""
 
     @model_validator(mode="after")
     def _aliases_are_names(self) -> Settings:

@@ -26,6 +26,9 @@ JobState = Literal[
     "staging", "queued", "running", "paused", "stopping", "completed", "failed", "cancelled"
 ]
 TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+Priority = Literal["high", "normal", "low"]
+PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
+"""Highest first: workers take a job's batches from its priority's queue (worker/celery.py)."""
 BATCH_SIZE = 100
 """The API's hard limit of ids per request."""
 
@@ -44,6 +47,13 @@ class JobStatus(BaseModel):
     state: JobState
     reason: str | None = None
     key_alias: str = "default"
+    priority: Priority = "normal"
+    sweep: str | None = None
+    """The retention sweep whose run created the job."""
+    retry_of: str | None = None
+    """The job whose retryable failures this job retries."""
+    retried_by: str | None = None
+    """The job retrying this job's retryable failures."""
     created_at: float | None = None
     queued_at: float | None = None
     started_at: float | None = None
@@ -95,6 +105,8 @@ class Claim:
     """The job's last error (why it stopped, for a stopped job)."""
     key_alias: str = "default"
     """Which of the workers' API keys the job uses."""
+    job_rate: str = ""
+    """The job's own rate limit, requests/s ('' for none: the fleet's limit alone)."""
 
     def pending(self) -> list[tuple[int, str]]:
         """(position, id) of the ids that still need an outcome."""
@@ -149,12 +161,23 @@ class BatchCommit:
 
 
 class Outcome(NamedTuple):
-    """One id's outcome in a job, as `report` lists it."""
+    """One id's outcome in a job."""
 
     media_id: str
     outcome: str
     """deleted, already_absent, failed, not_attempted, or pending (not yet decided)."""
     reason: str
+
+
+class ReportRow(NamedTuple):
+    """One line of a completion report: an id's outcome and the API operation behind it."""
+
+    media_id: str
+    outcome: str
+    reason: str
+    operation_id: str
+    """The last API operation of the id's batch (the store keeps one per batch); empty for
+    an id never sent (invalid, not attempted, pending)."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +195,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 """Delete a lease only if this run holds it (compare and delete, atomically)."""
+
+_SET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) + 1
+"""
+"""Set a field of a job record that still exists (never resurrect an expired job)."""
+
+_SENT_OUTCOMES = frozenset({"deleted", "already_absent", "failed"})
 
 
 def _load_script(name: str) -> str:
@@ -210,6 +241,7 @@ class JobStore:
         self._resume = client.register_script(_load_script("resume.lua"))
         self._stalled = client.register_script(_load_script("stalled.lua"))
         self._release = client.register_script(_RELEASE)
+        self._set_if_exists = client.register_script(_SET_IF_EXISTS)
 
     # -- producers ---------------------------------------------------------------------
 
@@ -219,6 +251,9 @@ class JobStore:
         reason: str | None,
         idempotency_key: str | None = None,
         key_alias: str = "default",
+        priority: Priority = "normal",
+        sweep: str | None = None,
+        retry_of: str | None = None,
     ) -> tuple[str, bool]:
         """Create a staging job; return (job id, created). An idempotency key seen before
         returns the job it created, unless that job died while staging."""
@@ -230,7 +265,9 @@ class JobStore:
             "created_at": int(time.time() * 1000),
             "batch_size": BATCH_SIZE,
             "key_alias": key_alias,
+            "priority": priority,
         }
+        record.update({k: v for k, v in (("sweep", sweep), ("retry_of", retry_of)) if v})
         with _store_errors():
             if idempotency_key is None:
                 self.redis.hset(self.keys.job(job_id), mapping=record)  # type: ignore[arg-type]
@@ -334,6 +371,7 @@ class JobStore:
             reason=_text(reply[7]) if len(reply) > 7 else "",
             job_error=_text(reply[8]) if len(reply) > 8 else "",
             key_alias=_text(reply[9]) if len(reply) > 9 else "default",
+            job_rate=_text(reply[10]) if len(reply) > 10 else "",
         )
 
     def commit(self, job_id: str, index: int, token: str, outcome: BatchCommit) -> CommitResult:
@@ -417,6 +455,44 @@ class JobStore:
         with _store_errors():
             return bool(self.redis.exists(self.keys.job(job_id)))
 
+    def priority(self, job_id: str) -> Priority:
+        """The job's priority ('normal' for a job without one, or gone)."""
+        with _store_errors():
+            value = _text(self.redis.hget(self.keys.job(job_id), "priority") or b"normal")
+        return value if value in PRIORITIES else "normal"
+
+    def link_retry(self, job_id: str, retry_id: str) -> bool:
+        """Record on job `job_id` that job `retry_id` retries its failures; False if the
+        job has expired (it is not recreated)."""
+        with _store_errors():
+            return bool(
+                self._set_if_exists(keys=[self.keys.job(job_id)], args=["retried_by", retry_id])
+            )
+
+    def list_jobs(
+        self, states: frozenset[str] | None = None, limit: int = 50, *, scan_max: int = 10_000
+    ) -> list[JobStatus]:
+        """The `limit` newest jobs (in `states`, if given), newest first; looks at the
+        `scan_max` newest jobs at most. Jobs whose record expired are left out."""
+        found: list[JobStatus] = []
+        for first in range(0, scan_max, 200):
+            with _store_errors():
+                ids = self.redis.zrevrange(self.keys.jobs, first, min(first + 200, scan_max) - 1)
+                with self.redis.pipeline(transaction=False) as pipe:
+                    for job_id in ids:
+                        pipe.hgetall(self.keys.job(_text(job_id)))
+                        pipe.hgetall(self.keys.job(_text(job_id), "reasons"))
+                    replies = pipe.execute()
+            for record, reasons in zip(replies[::2], replies[1::2], strict=True):
+                status = _to_status(record, reasons) if record else None
+                if status and (states is None or status.state in states):
+                    found.append(status)
+                    if len(found) >= limit:
+                        return found
+            if len(ids) < 200:
+                break
+        return found
+
     def iter_failures(self, job_id: str, *, count: int = 1_000) -> Iterator[tuple[str, str]]:
         """Stream (media id, reason) of every failed id, without loading them all."""
         self.status(job_id)
@@ -425,6 +501,15 @@ class JobStore:
                 self.keys.job(job_id, "failed"), count=count
             ):
                 yield _text(media_id), _text(reason)
+
+    def set_job_rate(self, job_id: str, rate: float | None) -> None:
+        """Give a job its own rate limit under the fleet's (None removes it)."""
+        self.status(job_id)
+        with _store_errors():
+            if rate is None:
+                self.redis.hdel(self.keys.job(job_id), "rate")
+            else:
+                self.redis.hset(self.keys.job(job_id), "rate", repr(float(rate)))
 
     def register_aliases(self, aliases: Sequence[str]) -> None:
         """Record which key aliases the fleet holds (submit checks jobs against them)."""
@@ -440,6 +525,12 @@ class JobStore:
     def iter_outcomes(self, job_id: str, *, batches_per_call: int = 50) -> Iterator[Outcome]:
         """Every unique id of the job with its outcome (deleted, already_absent, failed,
         not_attempted, or pending), batch by batch, in flat memory; invalid ids last."""
+        for row in self.iter_report(job_id, batches_per_call=batches_per_call):
+            yield Outcome(row.media_id, row.outcome, row.reason)
+
+    def iter_report(self, job_id: str, *, batches_per_call: int = 50) -> Iterator[ReportRow]:
+        """`iter_outcomes` with each id's API operation id: a completion report, streamed
+        `batches_per_call` batches per round trip (a 10M-id job never sits in memory)."""
         status = self.status(job_id)
         keys = self.keys
         skipped_from = int(_text(self.redis.hget(keys.job(job_id), "skipped_from") or b"-1"))
@@ -447,18 +538,23 @@ class JobStore:
             indices = range(first, min(first + batches_per_call, status.batches_total))
             with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
                 pipe.hmget(keys.job(job_id, "batches"), list(indices))
+                pipe.hmget(keys.job(job_id, "ops"), list(indices))
                 for index in indices:
                     pipe.getrange(keys.job(job_id, "resolved"), index * 16, index * 16 + 15)
-                packed, *bits = pipe.execute()
-            for index, ids_packed, mask in zip(indices, packed, bits, strict=True):
+                packed, ops, *bits = pipe.execute()
+            for index, ids_packed, op, mask in zip(indices, packed, ops, bits, strict=True):
                 ids = _text(ids_packed).split("\n")
                 if 0 <= skipped_from <= index:
-                    yield from (Outcome(i, "not_attempted", status.last_error or "") for i in ids)
+                    skipped = status.last_error or ""
+                    yield from (ReportRow(i, "not_attempted", skipped, "") for i in ids)
                     continue
-                yield from self._batch_outcomes(job_id, ids, mask)
-        for media_id, reason in self.redis.hscan_iter(keys.job(job_id, "failed"), count=1_000):
-            if _text(reason) == "invalid_id":
-                yield Outcome(_text(media_id), "failed", "invalid_id")
+                for outcome in self._batch_outcomes(job_id, ids, mask):
+                    sent = outcome.outcome in _SENT_OUTCOMES
+                    yield ReportRow(*outcome, _text(op) if op is not None and sent else "")
+        with _store_errors():
+            for media_id, reason in self.redis.hscan_iter(keys.job(job_id, "failed"), count=1_000):
+                if _text(reason) == "invalid_id":
+                    yield ReportRow(_text(media_id), "failed", "invalid_id", "")
 
     def _batch_outcomes(self, job_id: str, ids: list[str], mask: bytes) -> Iterator[Outcome]:
         keys = self.keys
@@ -485,6 +581,15 @@ class JobStore:
         with _store_errors():
             return [_text(j) for j in self.redis.zrevrange(self.keys.jobs, 0, limit - 1)]
 
+    def recent_states(self, limit: int = 1_000) -> dict[str, str]:
+        """State of each of the `limit` newest jobs (newest first), in two round trips."""
+        ids = self.recent_jobs(limit)
+        with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self.keys.job(job_id), "state")
+            found = pipe.execute()
+        return {j: _text(st) for j, st in zip(ids, found, strict=True) if st}
+
 
 def _to_status(record: dict[Any, Any], reasons: dict[Any, Any]) -> JobStatus:
     fields = {_text(k): _text(v) for k, v in record.items()}
@@ -496,6 +601,8 @@ def _to_status(record: dict[Any, Any], reasons: dict[Any, Any]) -> JobStatus:
     data["total"] = int(fields.get("unique", 0))
     data["reason"] = fields.get("reason") or None
     data["last_error"] = fields.get("last_error") or None
+    for link in ("sweep", "retry_of", "retried_by"):
+        data[link] = fields.get(link) or None
     data["failure_reasons"] = {_text(k): int(v) for k, v in reasons.items()}
     return JobStatus.model_validate(data)
 

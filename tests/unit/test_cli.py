@@ -202,7 +202,7 @@ def test_submit_prints_the_job_id_and_reports_the_input(
     monkeypatch.setattr(
         submit_module, "store_for", lambda s, client=None: JobStore(fake_redis, window=4)
     )
-    monkeypatch.setattr(submit_module, "send_start", started.append)
+    monkeypatch.setattr(submit_module, "send_start", lambda job_id, *_: started.append(job_id))
     ids_file = tmp_path / "ids.txt"
     ids_file.write_bytes(b"media_id\nvec-1\nvec-2\nvec-1\nbad/id\n")
     code, out, err = run(capsys, "submit", str(ids_file), "--reason", "cleanup", "--json")

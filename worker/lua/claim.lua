@@ -1,7 +1,8 @@
 -- Claim batch ARGV[1] for one run (token ARGV[2]), before any API call.
 -- Extra KEYS: [N+1] the batch's lease key.  ARGV: index, token, lease_ms, max_deliveries.
 -- Returns {verdict, state, packed ids, resolved mask ('0'/'1' per id), attempts, uncertain,
---          extra, the job's reason, the job's last error, the job's key alias}.
+--          extra, the job's reason, the job's last error, the job's key alias, the job's own
+--          rate limit ('' for none: the fleet's alone)}.
 -- verdicts: gone (no such job/batch), done (every id has its outcome: nothing to send),
 -- parked (the job is paused: the batch waits in the parked set, the message is done),
 -- busy (another live run owns it), poison (too many runs died), ok.
@@ -60,4 +61,4 @@ local verdict = runs > max_deliveries and 'poison' or 'ok'
 return {verdict, state, packed, table.concat(mask), hnum(K_ATTEMPTS, index),
         redis.call('SISMEMBER', K_UNCERTAIN, index), tostring(runs),
         redis.call('HGET', K_JOB, 'reason') or '', redis.call('HGET', K_JOB, 'last_error') or '',
-        redis.call('HGET', K_JOB, 'key_alias') or 'default'}
+        redis.call('HGET', K_JOB, 'key_alias') or 'default', redis.call('HGET', K_JOB, 'rate') or ''}

@@ -51,7 +51,7 @@ def demo_ids(n: int, seed: int = 7) -> Iterator[str]:
 
 def run_demo(*, ids: int, rate: float, workers: int, redis_url: str | None) -> int:
     """Run a demo job end to end; print progress, a summary, and the ledger check."""
-    configure_logging(level=logging.WARNING)
+    configure_logging(level=logging.ERROR)  # the summary says what happened; logs would drown it
     fake_config = FakeApiConfig(
         items=ids,
         foreign_items=FOREIGN_ITEMS,
@@ -85,7 +85,7 @@ def run_demo(*, ids: int, rate: float, workers: int, redis_url: str | None) -> i
         )
         started = time.monotonic()
         with start_worker(
-            app, pool="threads", concurrency=workers, perform_ping_check=False, loglevel="WARNING"
+            app, pool="threads", concurrency=workers, perform_ping_check=False, loglevel="ERROR"
         ):
             job = submit(
                 demo_ids(ids), reason="wickson-purge demo", settings=settings, client=client

@@ -93,8 +93,12 @@ class FleetLimiter:
             self.announced = limit
 
     def set_rate(self, rate: float | str) -> None:
-        """Change the rate now, for every worker ('auto' to let the fleet find it)."""
-        self.redis.hset(self.key, "rate", _rate_arg(rate))
+        """Change the rate now, for every worker ('auto' to let the fleet find it); the
+        controller starts afresh from it."""
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.key, "rate", _rate_arg(rate))
+            pipe.hdel(self.key, "wmax", "t0", "c", "m_t", "m_n", "m_rate")
+            pipe.execute()
 
     @property
     def rate(self) -> float:

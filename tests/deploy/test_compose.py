@@ -44,7 +44,7 @@ SCHEMA_SHA256 = "89f4bdc4ba651ff024118917a7cdb67d9d78c1af4bab9b12ec2fc85f5b7d90d
 APP_SERVICES = ("worker", "fake-api")
 """Services that run the project's own image (beat joins them later)."""
 
-DEFAULT_SERVICES = {"redis", "fake-api", "worker"}
+DEFAULT_SERVICES = {"redis", "fake-api", "worker", "beat"}
 """What a plain `docker compose up` starts; everything else sits behind a profile."""
 
 COMPOSE_ONLY_VARS = {"REDIS_MAXMEMORY"}

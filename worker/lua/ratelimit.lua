@@ -50,6 +50,8 @@ if not h[5] then put('wmax', tostring(wmax)); put('t0', string.format('%d', t0))
 local function current_rate()
   local secs = math.max(0, now - t0) / 1000000
   local r = wmax * (1 + c * (secs - k) ^ 3)
+  -- A configured rate is held as is until the API first says 429 ('c' is set then).
+  if configured and not h[10] then r = configured end
   if configured then r = math.min(r, configured) end
   if ceiling > 0 then r = math.min(r, ceiling) end
   if m_rate > 0 then r = math.min(r, math.max(2 * m_rate, START)) end

@@ -307,8 +307,10 @@ def fleet_pause(store: JobStore) -> Callable[[JobStatus], float]:
 
 def summary(status: JobStatus) -> str:
     """A multi-line final summary of a job."""
+    origin = f", sweep {status.sweep}" if status.sweep else ""
     lines = [
-        f"job {status.job_id}: {status.state}",
+        f"job {status.job_id}: {status.state} (priority {status.priority}{origin})",
+        f"  reason: {status.reason or '-'}",
         f"  ids: {status.total:,} unique of {status.submitted:,} submitted"
         f" ({status.invalid:,} invalid)",
         f"  deleted: {status.deleted:,}  (hd vectors {status.hd_vectors:,},"
@@ -318,6 +320,10 @@ def summary(status: JobStatus) -> str:
     ]
     for reason, count in sorted(status.failure_reasons.items(), key=lambda kv: -kv[1]):
         lines.append(f"    {count:>9,}  {reason}")
+    if status.retry_of or status.retried_by:
+        lines.append(
+            f"  retry of: {status.retry_of or '-'}  retried by: {status.retried_by or '-'}"
+        )
     if status.not_attempted:
         lines.append(f"  not attempted: {status.not_attempted:,}")
     lines.append(

@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from ops.fake_api.bucket import TokenBucket
 from ops.fake_api.catalogue import Catalogue, owned_id
-from ops.fake_api.config import FakeApiConfig
+from ops.fake_api.config import RANDOM_FAULTS, FakeApiConfig
 from ops.fake_api.ledger import CONNECTION_DROPPED, Books, Ledger, TimelineEntry
 from ops.fake_api.outcome import (
     FOREIGN,
@@ -62,20 +62,7 @@ from ops.fake_api.validation import BatchRequest, Rejection, parse_body, validat
 
 _AUTH_FAULTS: Final = frozenset({"401", "403"})
 _RATE_FAULTS: Final = frozenset({"429"})
-_BODY_FAULTS: Final = frozenset(
-    {
-        "500_before",
-        "500_after",
-        "slow_after",
-        "garbage",
-        "reset",
-        "lie_missing",
-        "lie_both",
-        "lie_unrequested",
-        "lie_counts",
-        "ok",
-    }
-)
+_BODY_FAULTS: Final = frozenset({*RANDOM_FAULTS, "ok"})
 SCRIPTABLE_FAULTS: Final = _AUTH_FAULTS | _RATE_FAULTS | _BODY_FAULTS
 
 # Float noise must not turn a 1-second wait into "Retry-After: 2".

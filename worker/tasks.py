@@ -72,7 +72,11 @@ def start_job(self: Task, job_id: str) -> None:
         first = get_runtime().store.start(job_id)
     except StoreUnavailable as exc:
         raise Reject(str(exc), requeue=True) from None  # see delete_batch
-    published = publish(job_id, first, queue=arrival_queue(self, job_id)) if first else 0
+    try:
+        published = publish(job_id, first, queue=arrival_queue(self, job_id)) if first else 0
+    except Exception as exc:
+        # Redelivered, the start hands back its first window (nothing is done yet).
+        raise Reject(str(exc), requeue=True) from None
     log.info("job.started", job_id=job_id, published=published)
 
 
@@ -95,7 +99,7 @@ def delete_batch(self: Task, job_id: str, index: int) -> str:
         with batch_context(run):  # every line of the run carries job, batch, attempt
             result = run.run()
     except Deferred as exc:
-        raise self.retry(countdown=_jitter(exc.countdown_s), exc=exc) from None
+        raise _retry_later(self, exc.countdown_s, exc) from None
     except StoreUnavailable as exc:
         # Redis (our store, and the broker) is away: a retry could not be published, and
         # Celery drops a message whose retry failed. Leave it unacked instead: requeued
@@ -111,10 +115,28 @@ def delete_batch(self: Task, job_id: str, index: int) -> str:
     except Exception as exc:
         log.exception("batch.crashed", job_id=job_id, batch=index, attempt=run.attempts)
         _release_quietly(rt.store, job_id, index, token)
-        raise self.retry(countdown=_jitter(UNEXPECTED_RETRY_S), exc=exc) from None
+        raise _retry_later(self, UNEXPECTED_RETRY_S, exc) from None
     if result.successors:
-        publish(job_id, result.successors, queue=arrival_queue(self, job_id))
+        try:
+            publish(job_id, result.successors, queue=arrival_queue(self, job_id))
+        except Exception as exc:
+            # The successors are reserved in the store but not queued: keep this message
+            # (redelivered, its 'done' claim hands back the unfinished successors).
+            log.warning("batch.publish_failed", job_id=job_id, batch=index, error=str(exc))
+            raise Reject(str(exc), requeue=True) from None
     return result.verdict
+
+
+def _retry_later(task: Task, countdown_s: float, exc: Exception) -> Exception:
+    """The countdown retry of `task`, or, when the retry cannot be published (the broker
+    is away), a requeue of this very message: Celery would drop it (Reject, no requeue)."""
+    try:
+        retry: Exception = task.retry(countdown=_jitter(countdown_s), exc=exc)  # raises Retry
+    except Reject as failed:
+        log.warning("task.retry_unpublished", error=str(failed))
+        requeue: Exception = Reject(str(failed), requeue=True)
+        return requeue
+    return retry
 
 
 def _release_quietly(store: JobStore, job_id: str, index: int, token: str) -> None:

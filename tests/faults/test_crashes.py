@@ -44,10 +44,9 @@ def submit_to(url: str, ids: list[str], **kw: Any) -> Job:
     )
 
 
-def wait_with_watchdog(job: Job, url: str, *, timeout: float) -> JobStatus:
-    """Wait for the job while running the watchdog as beat does in production: a Redis
-    outage can lose Celery messages (a known Celery-on-Redis window), and requeueing
-    batches stamped more than 20 s ago that nobody holds is the watchdog's job."""
+def broker_watchdog(job: Job, url: str) -> Callable[[], dict[str, int]]:
+    """The watchdog as beat runs it in production, publishing to the Redis at `url`:
+    batches stamped more than 20 s ago that nobody holds are requeued."""
     broker = Celery(broker=url)
 
     def publish(job_id: str, indices: list[int]) -> int:
@@ -55,8 +54,16 @@ def wait_with_watchdog(job: Job, url: str, *, timeout: float) -> JobStatus:
             broker.send_task(BATCH_TASK, args=[job_id, index], queue=QUEUE)
         return len(indices)
 
+    return lambda: recover(job.store, stale_s=20, publish=publish, start=print, job_ids=[job.id])
+
+
+def wait_with_watchdog(job: Job, url: str, *, timeout: float) -> JobStatus:
+    """Wait for the job with the watchdog running: a Redis outage can lose Celery messages
+    (a known Celery-on-Redis window), and requeueing them is the watchdog's job."""
+    watchdog = broker_watchdog(job, url)
+
     def finished() -> bool:
-        recover(job.store, stale_s=20, publish=publish, start=print, job_ids=[job.id])
+        watchdog()
         return job.status().finished
 
     wait_until(finished, timeout=timeout, interval=1.0, what="the job, with the watchdog")

@@ -13,17 +13,14 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import pytest
-from celery import Celery
 
 from ops.fake_api import RunningFakeApi
-from tests.faults.test_crashes import FAST_RECOVERY, submit_to
+from tests.faults.test_crashes import FAST_RECOVERY, broker_watchdog, submit_to
 from tests.integration.test_pipeline import assert_exact
 from tests.services import PrivateRedis, WorkerProcess
-from worker.celery import BATCH_TASK, QUEUE
-from worker.watchdog import recover
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,17 +59,7 @@ def test_a_random_fault_schedule_keeps_every_count_exact(
 
     fleet = [start_worker() for _ in range(3)]
     job = submit_to(server.url, job_ids(rng))
-    broker = Celery(broker=server.url)
-
-    def watchdog() -> dict[str, int]:
-        """What beat runs every minute in production: requeue lost messages."""
-
-        def publish(job_id: str, indices: Iterable[int]) -> int:
-            for index in indices:
-                broker.send_task(BATCH_TASK, args=[job_id, index], queue=QUEUE)
-            return len(list(indices))
-
-        return recover(job.store, stale_s=20, publish=publish, start=print, job_ids=[job.id])
+    watchdog = broker_watchdog(job, server.url)  # as beat runs it in production
 
     deadline = time.monotonic() + 240
     redis_restarted = False

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +17,7 @@ import pytest
 
 from ops.fake_api import FakeApiConfig, RunningFakeApi, run_in_thread
 from ops.fake_api.catalogue import owned_id
+from tests.helpers import wait_until
 
 BATCH = "/v1/media/batch"
 _DEFAULTS = FakeApiConfig(items=1000, foreign_items=10, seed=3)
@@ -40,14 +41,6 @@ def fake(server: RunningFakeApi) -> RunningFakeApi:
 def client(fake: RunningFakeApi) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=fake.url, headers={"X-Api-Key": "test-key"}, timeout=5) as http:
         yield http
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll `condition` until it holds; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 def delete(client: httpx.Client, ids: list[str], **kwargs: object) -> httpx.Response:

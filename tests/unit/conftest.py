@@ -18,6 +18,8 @@ import pytest
 from fakeredis.commands_mixins import server_mixin
 from pydantic import SecretStr
 
+import producers.cli
+import producers.submit
 from worker import settings as settings_module
 from worker.api import WicksonClient
 from worker.batch import BatchRun
@@ -373,3 +375,19 @@ def make_run(
         )
 
     return make
+
+
+@pytest.fixture
+def cli_store(monkeypatch: pytest.MonkeyPatch, store: JobStore, settings) -> JobStore:
+    """The CLI's settings and store are the test's (fakeredis); returns the store."""
+    monkeypatch.setattr(producers.cli, "get_settings", lambda: settings)
+    monkeypatch.setattr(producers.cli, "store_for", lambda _settings, client=None: store)
+    return store
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Start tasks the producer would send: (job id, priority), recorded, never sent."""
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr(producers.submit, "send_start", lambda job, prio: sent.append((job, prio)))
+    return sent

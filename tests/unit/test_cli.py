@@ -19,14 +19,6 @@ STATUS_KEYS = {
 
 
 @pytest.fixture
-def cli_store(monkeypatch: pytest.MonkeyPatch, store: JobStore, settings) -> JobStore:
-    """The CLI's settings and store are the test's (fakeredis); returns the store."""
-    monkeypatch.setattr(cli, "get_settings", lambda: settings)
-    monkeypatch.setattr(cli, "store_for", lambda _settings, client=None: store)
-    return store
-
-
-@pytest.fixture
 def finished_job(make_job, cli_store: JobStore, ids) -> str:
     """A completed job of 5 ids: 3 deleted, 2 failed (one reason with a comma and quotes),
     plus one invalid id."""

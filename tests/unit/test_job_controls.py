@@ -24,14 +24,6 @@ from worker.store import BatchCommit, JobStore
 
 
 @pytest.fixture
-def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """Start tasks the producer would send: (job id, priority), recorded, never sent."""
-    sent: list[tuple[str, str]] = []
-    monkeypatch.setattr(submit_module, "send_start", lambda job, prio: sent.append((job, prio)))
-    return sent
-
-
-@pytest.fixture
 def sent_tasks(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Messages sent through the Celery app (name, args, queue), recorded, never sent."""
     from worker.celery import app

@@ -166,14 +166,6 @@ def test_the_fleet_pause_is_read_from_the_jobs_limiter(store: JobStore, fake_red
 
 
 @pytest.fixture
-def cli_store(monkeypatch: pytest.MonkeyPatch, store: JobStore, settings) -> JobStore:
-    """The CLI's settings and store are the test's (fakeredis); returns the store."""
-    monkeypatch.setattr(cli, "get_settings", lambda: settings)
-    monkeypatch.setattr(cli, "store_for", lambda _settings, client=None: store)
-    return store
-
-
-@pytest.fixture
 def finish_on_poll(monkeypatch: pytest.MonkeyPatch, cli_store: JobStore) -> Callable[[str], None]:
     """`finish_on_poll(job_id)`: the watcher's first sleep between polls is when the
     workers finish the job (every id of its one batch deleted): no real waiting."""

@@ -12,7 +12,6 @@ import pytest
 from celery.beat import BeatLazyFunc
 from celery.schedules import crontab
 
-import producers.submit as submit_module
 from producers import cli
 from producers.sweeps import (
     current_tick,
@@ -32,14 +31,6 @@ from worker.store import JobStore
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "ops" / "sweeps.example.toml"
 TICK = "20261128T0330Z"
-
-
-@pytest.fixture
-def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """Start tasks the producer would send: (job id, priority), recorded, never sent."""
-    sent: list[tuple[str, str]] = []
-    monkeypatch.setattr(submit_module, "send_start", lambda job, prio: sent.append((job, prio)))
-    return sent
 
 
 @pytest.fixture

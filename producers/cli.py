@@ -114,10 +114,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("job")
         p.set_defaults(run=_control)
 
-    p = sub.add_parser("recover", help="requeue batches whose message was lost (the watchdog)")
-    p.add_argument("job", nargs="*", help="jobs to look at (default: every active job)")
-    p.add_argument(
-        "--stale-after", type=float, default=None, help="seconds (default WICKSON_STALE_AFTER_S)"
+    p = sub.add_parser(
+        "recover", help="wake the fleet now: what every worker's keeper does every 2 s"
     )
     p.set_defaults(run=_recover)
 
@@ -286,10 +284,9 @@ def _control(args: argparse.Namespace, _rest: list[str]) -> int:
     if args.command == "pause":
         done = control.pause(store, args.job)
     elif args.command == "cancel":
-        done = control.cancel(store, args.job, stale_s=get_settings().stale_after_s)
+        done = control.cancel(store, args.job)
     else:
-        queued = control.resume(store, args.job)
-        done = queued is not None
+        done = control.resume(store, args.job)
     state = store.status(args.job).state
     if not done:
         print(
@@ -315,17 +312,12 @@ def _rethrottle(args: argparse.Namespace, _rest: list[str]) -> int:
     return EXIT_OK
 
 
-def _recover(args: argparse.Namespace, _rest: list[str]) -> int:
+def _recover(_args: argparse.Namespace, _rest: list[str]) -> int:
     settings = get_settings()
     store = store_for(settings)
-    for job_id in args.job:
-        store.status(job_id)  # unknown ids are an error, not a silent no-op
-    stale = settings.stale_after_s if args.stale_after is None else args.stale_after
-    found = control.recover_lost(store, stale_s=stale, job_ids=args.job or None)
-    for job_id, n in found.items():
-        print(f"job {job_id}: " + ("start task sent again" if n < 0 else f"{n} batches requeued"))
-    if not found:
-        print("nothing lost")
+    sent = control.recover(store, margin=settings.lost_writes_margin)
+    active = len(store.active_jobs())
+    print(f"{active} unfinished jobs; {sent} drain messages published for missing runs")
     return EXIT_OK
 
 

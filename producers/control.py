@@ -1,36 +1,22 @@
-"""Job controls for operators and apps: pause, resume, cancel, recover.
+"""Job controls for operators and apps: pause, resume, cancel, recover, rethrottle.
 
-Each is one atomic store operation, then the messages it calls for, sent by task name
-(producers never import the tasks themselves) to the queue of the job's priority.
+Each is one atomic store operation; resume and recover then wake the fleet (publish the
+drain messages it misses), by task name: producers never import the tasks themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from worker.errors import InputError
+from worker.keeper import wake_fleet
 from worker.ratelimit import FleetLimiter
-from worker.store import JobStore, Priority
-from worker.watchdog import recover
+from worker.store import JobStore
 
 
-def publish_batches(job_id: str, indices: Iterable[int], priority: Priority = "normal") -> int:
-    """Queue one delete_batch message per batch index on the queue of `priority` (pass
-    the job's: `store.priority(job_id)`); returns how many."""
-    from worker.celery import BATCH_TASK, app, queue_for
+def wake(store: JobStore) -> int:
+    """Publish the drain runs the fleet misses while a job is runnable; returns how many."""
+    from worker.celery import send_drains
 
-    n = 0
-    for index in indices:
-        app.send_task(BATCH_TASK, args=[job_id, index], queue=queue_for(priority))
-        n += 1
-    return n
-
-
-def send_start(job_id: str, priority: Priority = "normal") -> None:
-    """Queue the task that starts the job on the fleet, on the queue of its priority."""
-    from worker.celery import START_TASK, app, queue_for
-
-    app.send_task(START_TASK, args=[job_id], queue=queue_for(priority))
+    return wake_fleet(store, send_drains)
 
 
 def pause(store: JobStore, job_id: str) -> bool:
@@ -38,39 +24,29 @@ def pause(store: JobStore, job_id: str) -> bool:
     return store.pause(job_id)
 
 
-def resume(store: JobStore, job_id: str) -> int | None:
-    """Resume a paused job, or re-attempt what a failed or cancelled one did not attempt.
-    Returns the batches queued, or None if the job was in no state to resume."""
-    status = store.status(job_id)
-    todo = store.resume(job_id)
-    if todo == "start":
-        send_start(job_id, status.priority)
-        return 0
-    if not todo and status.state not in ("paused", "failed", "cancelled"):
-        return None
-    return publish_batches(job_id, todo, status.priority)
-
-
-def cancel(store: JobStore, job_id: str, *, stale_s: float = 600.0) -> bool:
-    """Cancel a job: no new request for it; ids not yet sent end `not_attempted`."""
-    if not store.stop(job_id, "cancelled", "CANCELLED: cancelled by an operator"):
+def resume(store: JobStore, job_id: str) -> bool:
+    """Resume a paused job, or re-attempt what a failed or cancelled one did not attempt;
+    False if the job was in no state to resume."""
+    if not store.resume(job_id):
         return False
-    # A paused job's parked batches have no message: publish them now, to be skipped.
-    recover_lost(store, stale_s=stale_s, job_ids=[job_id])
+    wake(store)
     return True
 
 
-def recover_lost(
-    store: JobStore, *, stale_s: float, job_ids: Iterable[str] | None = None
-) -> dict[str, int]:
-    """What the watchdog does, on demand: requeue lost batches and start tasks."""
-    return recover(
-        store,
-        stale_s=stale_s,
-        publish=lambda job_id, todo: publish_batches(job_id, todo, store.priority(job_id)),
-        start=lambda job_id: send_start(job_id, store.priority(job_id)),
-        job_ids=job_ids,
-    )
+def cancel(store: JobStore, job_id: str) -> bool:
+    """Cancel a job: no new request for it; ids never sent end `not_attempted` (batches a
+    request may have reached are confirmed first). False if it had ended already."""
+    if not store.stop(job_id, "cancelled", "CANCELLED: cancelled by an operator"):
+        return False
+    wake(store)  # a paused job's possibly sent batches need a run to confirm them
+    return True
+
+
+def recover(store: JobStore, *, margin: int) -> int:
+    """What every worker's keeper does, on demand: see a Redis restart, publish the drain
+    runs the fleet misses. Returns the drain messages published."""
+    store.check_lost_writes(margin=margin)
+    return wake(store)
 
 
 def rethrottle(

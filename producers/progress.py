@@ -127,8 +127,8 @@ def outcome_parts(view: View) -> list[str]:
     """'deleted N', 'failed N', and the other counters worth showing."""
     status = view.status
     parts = [f"deleted {status.deleted:,}", f"failed {status.failed:,}"]
-    if status.already_absent:
-        parts.append(f"already absent {status.already_absent:,}")
+    if status.not_found:
+        parts.append(f"not found {status.not_found:,}")
     if status.not_attempted:
         parts.append(f"not attempted {status.not_attempted:,}")
     if status.rate_limited:
@@ -315,7 +315,7 @@ def summary(status: JobStatus) -> str:
         f" ({status.invalid:,} invalid)",
         f"  deleted: {status.deleted:,}  (hd vectors {status.hd_vectors:,},"
         f" ld vectors {status.ld_vectors:,})",
-        f"  already absent: {status.already_absent:,}",
+        f"  not found: {status.not_found:,}  (already gone, or never there: not a failure)",
         f"  failed: {status.failed:,}",
     ]
     for reason, count in sorted(status.failure_reasons.items(), key=lambda kv: -kv[1]):
@@ -332,7 +332,7 @@ def summary(status: JobStatus) -> str:
     )
     if status.started_at and status.finished_at:
         seconds = max(status.finished_at - status.started_at, 1e-3)
-        lines.append(f"  seconds: {seconds:.1f}  ids/s: {status.done / seconds:,.0f}")
+        lines.append(f"  seconds: {seconds:.1f}  ids/s: {status.answered / seconds:,.0f}")
     if status.last_error:
         lines.append(f"  last error: {status.last_error}")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from producers.submit import Job, store_for, submit
 from worker.api import is_not_found
 from worker.errors import InputError
 from worker.settings import Settings, get_settings
-from worker.store import Priority
+from worker.store import JobStore, Priority
 
 DENIED_WORDS = ("access denied", "belongs to another", "forbidden", "not authorized", "permission")
 """Per-id reasons saying the key may not delete the media: sending it again cannot help."""
@@ -48,7 +48,7 @@ def retry_failed(
     settings: Settings | None = None,
     client: redis.Redis | None = None,
     priority: Priority | None = None,
-    start: Callable[[str], None] | None = None,
+    start: Callable[[JobStore], object] | None = None,
 ) -> Job | None:
     """Submit a job of the ids job `job_id` failed for retryable reasons, with its reason,
     key alias and (unless given) priority; None if none is retryable. Raises JobNotFound,

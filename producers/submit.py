@@ -5,7 +5,7 @@
 
 Ids are validated, de-duplicated and staged into Redis in pipelined chunks; the job
 becomes runnable only once every id is staged (a producer killed halfway leaves nothing
-that runs), then one start task fans it out to the workers.
+that runs), then the fleet is woken: drain runs take its batches from the store.
 
     plan = dry_run(open("ids.txt", "rb"))   # counts and an estimate; writes nothing
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from producers.control import send_start
+from producers.control import wake
 from producers.ingest import INVALID_REASON, Deduplicator, Line, batched, printable, read_lines
 from worker.errors import EmptyInput, InputError
 from worker.keys import Keys
@@ -151,7 +151,6 @@ def store_for(settings: Settings, client: redis.Redis | None = None) -> JobStore
         client or redis.Redis.from_url(settings.redis_url),
         keys=Keys(settings.key_prefix),
         retention_s=settings.job_retention_s,
-        window=settings.dispatch_window,
     )
 
 
@@ -162,7 +161,7 @@ def submit(
     idempotency_key: str | None = None,
     settings: Settings | None = None,
     client: redis.Redis | None = None,
-    start: Callable[[str], None] | None = None,
+    start: Callable[[JobStore], object] | None = None,
     key_alias: str = DEFAULT_ALIAS,
     priority: Priority = "normal",
     sweep: str | None = None,
@@ -170,7 +169,8 @@ def submit(
     confirm: Callable[[IngestReport], bool] | None = None,
 ) -> Job:
     """Enqueue a job deleting `ids` (lines of text or bytes; blanks and duplicates are
-    dropped, invalid ids recorded as failed `invalid_id`) on the queue of `priority`.
+    dropped, invalid ids recorded as failed `invalid_id`) at `priority`. `start` replaces
+    the fleet's wake-up (tests, the demo).
     `confirm`, given the counts once every id is staged, may still refuse (nothing runs).
     Raises InputError."""
     settings = settings or get_settings()
@@ -204,10 +204,8 @@ def submit(
         submitted=report.submitted,
     )
     if state == "queued":
-        if start is not None:
-            start(job_id)
-        else:
-            send_start(job_id, priority)
+        # The job is in its run queue: any drain run takes it; wake the fleet if idle.
+        (start or wake)(store)
     return Job(job_id, store, report)
 
 

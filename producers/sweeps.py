@@ -335,7 +335,7 @@ def run_sweep(
     *,
     settings: Settings,
     client: redis.Redis | None = None,
-    start: Callable[[str], None] | None = None,
+    start: Callable[[JobStore], object] | None = None,
 ) -> SweepRun:
     """Run `sweep` once for `tick`: read its ids, count them, then submit a job unless
     the count is over `max_ids` (refused) or the sweep is a dry run. Source errors are

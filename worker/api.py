@@ -30,6 +30,8 @@ from worker.errors import (
 )
 
 DELETE_PATH = "/v1/media/batch"
+MAX_ERROR_CHARS = 300
+"""An API error message is cut to this length (after the key is masked in it)."""
 NOT_FOUND_WORDS = (
     "not found",
     "not_found",
@@ -208,7 +210,9 @@ def classify_error(status: int, headers: Mapping[str, str], content: bytes) -> A
         code, message = body.error.code, body.message or ""
     except ValidationError:
         code, message = f"HTTP_{status}", "unparseable error body"
-    text = f"{status} {code}: {message}"[:300]
+    # Not cut here: the caller masks the key first, then cuts (a key echoed across the
+    # cut would otherwise keep its first characters).
+    text = f"{status} {code}: {message}"
     if status == 429:
         return RateLimited(text, retry_after_s=parse_retry_after(headers.get("retry-after")))
     if status in (401, 403):
@@ -269,10 +273,11 @@ class WicksonClient:
         if response.status_code != 200:
             error = classify_error(response.status_code, response.headers, response.content)
             error.limit = limit
+            # An API that echoes the key must not get it into our errors (and Redis): mask,
+            # then cut.
             secret = self._key.get_secret_value()
-            if secret and secret in str(error):
-                # An API that echoes the key must not get it into our errors (and Redis).
-                error.args = (str(error).replace(secret, "**********"),)
+            text = str(error).replace(secret, "**********") if secret else str(error)
+            error.args = (text[:MAX_ERROR_CHARS],)
             raise error
         try:
             body = DeleteResponse.model_validate_json(response.content)

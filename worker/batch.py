@@ -1,9 +1,11 @@
-"""One run of one batch: claim it, send its unresolved ids, commit every answer.
+"""One run of one batch: send its unresolved ids, commit every answer, under its lease.
 
-A run may be a redelivery, a duplicate, or the retry of a run that died mid-request:
-everything it needs to know comes from the claim, and every outcome goes through the
-store's per-id commit, so running it twice never counts twice. Knows nothing of Celery:
-`tasks.py` turns `Deferred` into a countdown retry and publishes the successors.
+The batch comes from `JobStore.take` with a lease and a send slot. Before every later
+request the run renews its lease (and reads the job's state and the fleet's 429 pause);
+every commit is fenced by the run's token, so a run whose lease lapsed commits nothing
+and sends nothing more. Whatever the run cannot finish now (a long backoff, a shutdown,
+a pause) it hands back to the store with the time it may be taken again. Knows nothing
+of Celery.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import structlog
 
@@ -30,195 +33,216 @@ from worker.errors import (
 )
 from worker.ratelimit import FleetLimiter
 from worker.settings import Settings
-from worker.store import BatchCommit, Claim, CommitResult, JobStore
+from worker.store import BatchCommit, JobStore, Taken
 
 log = structlog.get_logger("wickson_purge.batch")
 
 MAX_429_IN_RUN = 20
-"""429s one run absorbs before it frees its worker slot and comes back later."""
+"""429s one run absorbs before it hands its batch back for later."""
 
 SPLIT_CODES = frozenset({"BATCH_TOO_LARGE", "INVALID_MEDIA_IDS"})
 """400s answered by halving the request: a smaller server limit, or one bad id to isolate."""
 
 
-@dataclass
-class RunResult:
-    """What the task must do after a run: publish these batches."""
+class Verdict(StrEnum):
+    """How a run ended."""
 
-    verdict: str
-    successors: list[int] = field(default_factory=list)
+    DONE = "done"
+    """Every id of the batch has its outcome."""
+    HANDED_BACK = "handed_back"
+    """The batch goes back to the store, takeable again later (backoff, pause, shutdown)."""
+    LOST = "lost"
+    """The run's lease lapsed and another run holds the batch: it committed nothing more."""
+    STOPPED = "stopped"
+    """The job stopped: ids never sent ended not_attempted."""
+
+
+class _HandBack(Exception):
+    def __init__(self, later_s: float, why: str) -> None:
+        self.later_s, self.why = later_s, why
+
+
+class _LeaseLost(Exception):
+    pass
+
+
+@dataclass
+class RunContext:
+    """What every run of a process shares: the store, settings, and per key alias the
+    API client and the fleet limiter."""
+
+    store: JobStore
+    settings: Settings
+    tenant: Callable[[str], tuple[WicksonClient, FleetLimiter]]
+    """The client and fleet limiter of a key alias; ConfigError for one this worker lacks."""
+    sleep: Callable[[float], None] = time.sleep
+    shutting_down: Callable[[], bool] = lambda: False
+    """True once the worker shuts down: hand the batch back before the next request."""
+
+
+@dataclass
+class RunStats:
+    """What one run did, for its log line."""
+
+    counted: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("deleted", "not_found", "failed", "not_attempted"), 0
+        )
+    )
+    requests: int = 0
+    api_s: float = 0.0
+    wait_s: float = 0.0
+    operation_id: str = ""
 
 
 class BatchRun:
-    """The state of one run of batch `index` of job `job_id`."""
+    """One run of a taken batch: `run()` sends, commits, and says how it ended."""
 
-    def __init__(
-        self,
-        job_id: str,
-        index: int,
-        token: str,
-        *,
-        store: JobStore,
-        settings: Settings,
-        limiter: FleetLimiter | None = None,
-        api: WicksonClient | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        tenants: Callable[[str], tuple[WicksonClient, FleetLimiter]] | None = None,
-        stopping: Callable[[], bool] = lambda: False,
-    ) -> None:
-        self.job_id, self.index, self.token = job_id, index, token
-        self.store, self.settings = store, settings
-        self._api, self._limiter = api, limiter
-        self.sleep = sleep
-        self.tenants = tenants
-        self.job_limiter: FleetLimiter | None = None
-        self.stopping = stopping
-        """True once the worker shuts down: hand the batch back before the next request."""
-        """Client and limiter of a key alias; without it, `api` and `limiter` serve all."""
-        self.log = log.bind(job_id=job_id, batch=index)
-        self.pending: dict[str, int] = {}
-        self.uncertain = False
-        self.attempts = 0
+    def __init__(self, taken: Taken, ctx: RunContext) -> None:
+        self.taken, self.ctx = taken, ctx
+        self.job_id, self.index = taken.job_id, taken.index
+        self.log = log.bind(job_id=taken.job_id, batch=taken.index)
+        self.pending: dict[str, int] = {media_id: pos for pos, media_id in taken.pending()}
+        self.maybe_sent: set[str] = set(self.pending) if taken.sent_before else set()
+        """Ids a request may have deleted without our hearing the answer: never guessed
+        not_attempted, confirmed by another request even when the job stops."""
+        self.attempts = taken.attempts
+        """Failed API attempts on the batch (what WICKSON_MAX_ATTEMPTS bounds)."""
+        self.stopping = taken.state == "stopping"
         self.unsent = BatchCommit()
         """Counters not yet committed (429s, retries, requests)."""
         self.last_error: ApiError | None = None
-        self.successors: list[int] = []
-        self.reason: str | None = None
-        self.released = False
         self.rate_limited_in_run = 0
-        self.api_s = 0.0
-        self.wait_s = 0.0
+        self.stats = RunStats()
+        self._tenant: tuple[WicksonClient, FleetLimiter] | None = None
         self.operation_id = ""
-        self.counted = {"deleted": 0, "absent": 0, "failed": 0, "skipped": 0}
-        """Outcomes this run committed (the store ignores ids it had counted already)."""
-        """Whether the last commit ended the run (lease released, crash count reset)."""
 
     # -- the run -----------------------------------------------------------------------
 
-    def run(self) -> RunResult:
-        """Claim and process the batch. Raises Deferred to come back later."""
+    def run(self) -> Verdict:
+        """Send and commit until every id has its outcome, or the batch is handed back."""
         started = time.perf_counter()
         try:
-            result = self._run()
-        except Deferred as exc:
-            self.wait_s += exc.waited_s
-            metrics.record_run("deferred")
-            self._log_run("deferred", started, countdown_s=round(exc.countdown_s, 3), why=exc.why)
-            raise
-        metrics.record_run(result.verdict)
-        if result.verdict != "done":
-            self._log_run(result.verdict, started)
-        return result
+            verdict = self._run()
+        except _LeaseLost:
+            verdict = Verdict.LOST
+            self.log.warning("batch.lease_lost")
+        metrics.record_run(verdict)
+        self._log_run(verdict, started)
+        return verdict
 
-    def _log_run(self, verdict: str, started: float, **extra: object) -> None:
-        """The one line per run: outcome, counts, and where the time went."""
-        elapsed = time.perf_counter() - started
-        self.log.info(
-            "batch.run",
-            verdict=verdict,
-            attempt=self.attempts,
-            **self.counted,
-            elapsed_ms=round(elapsed * 1000, 2),
-            api_ms=round(self.api_s * 1000, 2),
-            wait_ms=round(self.wait_s * 1000, 2),
-            overhead_ms=round((elapsed - self.api_s - self.wait_s) * 1000, 2),
-            operation_id=self.operation_id or None,
-            **extra,
-        )
-
-    def _run(self) -> RunResult:
-        claim = self.store.claim(
-            self.job_id,
-            self.index,
-            self.token,
-            lease_s=self.settings.lease_s,
-            max_deliveries=self.settings.max_deliveries,
-        )
-        if claim.verdict == "gone":
-            self.log.warning("batch.gone", state=claim.state)
-            return RunResult("gone")
-        if claim.verdict == "done":
-            return RunResult("done", [int(j) for j in claim.extra.split(",") if j])
-        if claim.verdict == "parked":
-            return RunResult("parked")
-        if claim.verdict == "busy":
-            raise Deferred(max(int(claim.extra), 100) / 1000, "batch owned by another run")
-        self.pending = {media_id: pos for pos, media_id in claim.pending()}
-        if claim.job_rate:
-            self.job_limiter = FleetLimiter(
-                self.store.redis,
-                self.store.keys.job_limiter(self.job_id),
-                rate=float(claim.job_rate),
-                sleep=self.sleep,
-            )
-        self.reason = claim.reason or None
-        self.attempts, self.uncertain = claim.attempts, claim.uncertain
-        if claim.verdict == "poison":
-            runs = claim.extra
-            return self._finish_all(
-                "failed", f"worker_crash_loop: {runs} runs ended without a verdict"
-            )
-        if claim.state in ("stopping", "failed", "cancelled"):
-            return self._finish_all("skipped", self._stop_reason(claim))
-        if self.tenants is not None:
-            try:
-                self._api, self._limiter = self.tenants(claim.key_alias)
-            except ConfigError as exc:
-                # Submit checks aliases against the fleet's: this worker lacks a key
-                # others have. Stop the job (resume once every worker has the key).
-                self.store.stop(self.job_id, "failed", f"UNKNOWN_KEY_ALIAS: {exc}")
-                return self._finish_all("skipped", "UNKNOWN_KEY_ALIAS")
+    def _run(self) -> Verdict:
+        try:
+            self._tenant = self.ctx.tenant(self.taken.key_alias)
+        except ConfigError as exc:
+            # Submit checks aliases against the fleet's: this worker lacks a key others
+            # have. Stop the job (resume once every worker has the key).
+            self.ctx.store.stop(self.job_id, "failed", f"UNKNOWN_KEY_ALIAS: {exc}")
+            self.stopping = True
+        if self.stopping:
+            self._close_unsent(self.taken.stop_reason or "job stopped")
+            if not self.pending:
+                return Verdict.STOPPED
         try:
             self._send_all()
-        except Deferred as exc:
-            self._commit(BatchCommit(later_s=exc.countdown_s), final=True)
-            raise
-        if not self.released:
-            self._commit(BatchCommit(), final=True)
-        return RunResult("ok", self.successors)
+        except _HandBack as back:
+            self._commit(BatchCommit(release="later", later_ms=int(back.later_s * 1000)))
+            self.log.info("batch.handed_back", later_s=round(back.later_s, 3), why=back.why)
+            return Verdict.HANDED_BACK
+        if self.pending:  # the last request's answer left ids for another run
+            self._commit(BatchCommit(release="later"))
+            return Verdict.HANDED_BACK
+        return Verdict.STOPPED if self.stopping else Verdict.DONE
 
     def _send_all(self) -> None:
         chunks: deque[list[str]] = deque([list(self.pending)])
+        first = True
         while chunks:
-            if self.attempts >= self.settings.max_attempts:
-                self._give_up(chunks)
-                return
-            if self.stopping():
-                raise Deferred(0.0, "worker shutting down")
-            waited = 0.0
-            if self.job_limiter is not None:  # a job throttled below the fleet's rate
-                waited += self.job_limiter.acquire(self.settings.max_wait_in_task_s)
-            waited += self.limiter.acquire(self.settings.max_wait_in_task_s)
-            self.wait_s += waited
-            metrics.record_limiter_wait(waited)
-            chunk = chunks[0]
-            started = time.perf_counter()
-            try:
-                try:
-                    outcome = self.api.delete_batch(chunk, self.reason)
-                finally:
-                    self.api_s += time.perf_counter() - started
-                    metrics.record_request(time.perf_counter() - started, sys.exc_info()[1])
-            except RateLimited as exc:
-                self.limiter.observe_limit(exc.limit)
-                self._on_rate_limited(exc)
-            except JobStopping as exc:
-                self._on_job_stopping(exc)
-                return
-            except BadRequest as exc:
-                self._on_bad_request(exc, chunks)
-            except Retryable as exc:
-                self._on_retryable(exc)
-            else:
-                self.limiter.observe_limit(outcome.limit)
+            chunk = [i for i in chunks[0] if i in self.pending]
+            if not chunk:
                 chunks.popleft()
-                retry = self._on_answer(outcome, last=not chunks)
-                if retry:
-                    chunks.append(retry)
+                continue
+            if self.attempts >= self.ctx.settings.max_attempts:
+                self._give_up()
+                return
+            self._before_request(first)
+            first = False
+            self._request(chunk, chunks)
+
+    def _request(self, chunk: list[str], chunks: deque[list[str]]) -> None:
+        started = time.perf_counter()
+        try:
+            try:
+                outcome = self.api.delete_batch(chunk, self.taken.reason or None)
+            finally:
+                elapsed = time.perf_counter() - started
+                self.stats.api_s += elapsed
+                self.stats.requests += 1
+                metrics.record_request(elapsed, sys.exc_info()[1])
+        except RateLimited as exc:
+            self.limiter.observe_limit(exc.limit)
+            self._on_rate_limited(exc)
+        except JobStopping as exc:
+            self._on_job_stopping(exc)
+        except BadRequest as exc:
+            self._on_bad_request(exc, chunk, chunks)
+        except Retryable as exc:
+            self._on_retryable(exc, chunk)
+        else:
+            self.limiter.observe_limit(outcome.limit)
+            chunks.popleft()
+            retry = self._on_answer(outcome)
+            if retry:
+                chunks.append(retry)
+
+    def _before_request(self, first: bool) -> None:
+        """Hold a send slot and a live lease, or raise: _HandBack, _LeaseLost."""
+        ctx, settings = self.ctx, self.ctx.settings
+        if ctx.shutting_down():
+            raise _HandBack(0.0, "worker shutting down")
+        if first and self.taken.wait_s <= 0:
+            return  # the take reserved a slot for now and leased the batch just now
+        if first:
+            ctx.sleep(self.taken.wait_s)
+            self.stats.wait_s += self.taken.wait_s
+            metrics.record_limiter_wait(self.taken.wait_s)
+        self._renew()
+        if not first:
+            try:
+                waited = self.limiter.acquire(settings.max_wait_in_task_s)
+            except Deferred as exc:
+                raise _HandBack(exc.countdown_s, exc.why) from None
+            self.stats.wait_s += waited
+            metrics.record_limiter_wait(waited)
+            if waited > 0:
+                self._renew()
+
+    def _renew(self) -> None:
+        """Renew the lease before a request; see a pause, a stop or a fleet 429 pause."""
+        settings = self.ctx.settings
+        renewal = self.ctx.store.renew(
+            self.job_id, self.index, self.taken.token,
+            lease_s=settings.lease_s, alias=self.taken.key_alias,
+        )  # fmt: skip
+        if not renewal.held:
+            raise _LeaseLost
+        if renewal.state == "paused":
+            raise _HandBack(0.0, "job paused")
+        if renewal.state == "stopping" and not self.stopping:
+            self.stopping = True
+            self._close_unsent("job stopped")
+            if not self.pending:
+                raise _HandBack(0.0, "job stopped")
+        if renewal.pause_s > settings.max_wait_in_task_s:
+            raise _HandBack(renewal.pause_s, "fleet paused by a 429")
+        if renewal.pause_s > 0:  # Retry-After is law, for every worker
+            self.ctx.sleep(renewal.pause_s)
+            self.stats.wait_s += renewal.pause_s
+            self._renew()
 
     # -- answers -----------------------------------------------------------------------
 
-    def _on_answer(self, outcome: BatchOutcome, *, last: bool) -> list[str]:
+    def _on_answer(self, outcome: BatchOutcome) -> list[str]:
         """Commit a 200; return the ids it did not account for (to send again)."""
         # Only an answer that leaves ids unaccounted is a failed attempt: it is what the
         # retry budget bounds (a lying API must not loop forever).
@@ -226,22 +250,21 @@ class BatchRun:
         self.attempts += failed_attempt
         commit = BatchCommit(
             deleted=[self.pending[i] for i in outcome.deleted],
-            hd_vectors=outcome.hd_vectors,
-            ld_vectors=outcome.ld_vectors,
+            hd=outcome.hd_vectors,
+            ld=outcome.ld_vectors,
             operation_id=outcome.operation_id,
-            tries=failed_attempt,
+            attempts=failed_attempt,
             requests=1,
         )
         for media_id, reason in outcome.failed.items():
-            if self.uncertain and is_not_found(reason):
-                commit.absent.append(self.pending[media_id])
+            if is_not_found(reason):
+                commit.not_found.append(self.pending[media_id])
             else:
                 commit.failed.append((self.pending[media_id], reason))
-        if outcome.unaccounted:
-            # The answer does not say what became of them: they may be gone already.
-            self.uncertain = commit.uncertain = True
-        self._commit(commit, final=last and not outcome.unaccounted)
-        self.operation_id = outcome.operation_id
+        # The answer does not say what became of them: they may be gone already.
+        self.maybe_sent.update(outcome.unaccounted)
+        self._commit(commit)
+        self.operation_id = self.stats.operation_id = outcome.operation_id
         if outcome.anomalies:
             self.log.warning(
                 "batch.answer_anomalies",
@@ -261,29 +284,29 @@ class BatchRun:
         paused = self.limiter.pause(wait)
         self.log.info("batch.rate_limited", retry_after_s=exc.retry_after_s, fleet_paused_s=paused)
         if self.rate_limited_in_run >= MAX_429_IN_RUN:
-            raise Deferred(paused, "rate limited again and again: freeing the worker slot")
+            raise _HandBack(paused, "rate limited again and again")
 
-    def _on_retryable(self, exc: Retryable) -> None:
+    def _on_retryable(self, exc: Retryable, chunk: list[str]) -> None:
         self.attempts += 1
         self.last_error = exc
-        self.uncertain = self.uncertain or exc.maybe_deleted
-        self.unsent.tries += 1
+        if exc.maybe_deleted:
+            self.maybe_sent.update(chunk)
+        self.unsent.attempts += 1
         self.unsent.requests += 1
         self.unsent.retries += 1
-        self.unsent.uncertain = self.uncertain
         wait = self._backoff(exc, self.attempts)
         self.log.warning("batch.retry", attempt=self.attempts, error=str(exc), wait_s=wait)
-        if self.attempts >= self.settings.max_attempts:
+        if self.attempts >= self.ctx.settings.max_attempts:
             return
-        if wait > self.settings.max_wait_in_task_s:
-            raise Deferred(wait, exc.code)
-        self.sleep(wait)
+        if wait > self.ctx.settings.max_wait_in_task_s:
+            raise _HandBack(wait, exc.code)
+        self.ctx.sleep(wait)
 
-    def _on_bad_request(self, exc: BadRequest, chunks: deque[list[str]]) -> None:
+    def _on_bad_request(self, exc: BadRequest, chunk: list[str], chunks: deque[list[str]]) -> None:
         # A split is progress, not a failed attempt: bisecting 100 ids takes ~15 requests.
         self.unsent.requests += 1
         self.last_error = exc
-        chunk = chunks.popleft()
+        chunks.popleft()
         if exc.code in SPLIT_CODES and len(chunk) > 1:
             half = len(chunk) // 2
             chunks.extendleft([chunk[half:], chunk[:half]])
@@ -294,69 +317,89 @@ class BatchRun:
     def _on_job_stopping(self, exc: JobStopping) -> None:
         self.unsent.requests += 1
         self.last_error = exc
-        if self.store.stop(self.job_id, "failed", f"{exc.code}: {exc}"):
+        if self.ctx.store.stop(self.job_id, "failed", f"{exc.code}: {exc}", exc.code):
             metrics.record_job_stopped(exc)
             self.log.error("job.stopped", error=str(exc))
-        self._finish_all("skipped", exc.code)
+        # Nothing more can be sent: ids an earlier request may have deleted cannot be
+        # confirmed now; `resume` (with a working key) confirms them.
+        unconfirmed = f"{exc.code}: unconfirmed (an earlier request may have deleted it)"
+        self._close({i: unconfirmed if i in self.maybe_sent else exc.code for i in self.pending})
+        self.stopping = True
 
     # -- endings -----------------------------------------------------------------------
 
-    def _give_up(self, chunks: deque[list[str]]) -> None:
+    def _give_up(self) -> None:
         error = self.last_error
         code = error.code if error else "UNKNOWN"
-        reason = f"{code}: gave up after {self.attempts} attempts ({error})"
+        reason = f"{code}: gave up after {self.attempts} attempts ({error})"[:400]
+        unknown = reason + "; the API may have deleted it"
         self.log.error("batch.gave_up", attempts=self.attempts, error=str(error))
-        self._finish_all("failed", reason[:500])
-
-    def _finish_all(self, outcome: str, reason: str) -> RunResult:
-        """End the run: every id still pending gets `outcome` ('failed' or 'skipped')."""
-        entries = [(pos, reason) for pos in self.pending.values()]
-        commit = (
-            BatchCommit(failed=entries) if outcome == "failed" else BatchCommit(skipped=entries)
+        commit = BatchCommit(
+            failed=[
+                (pos, unknown if media_id in self.maybe_sent else reason)
+                for media_id, pos in self.pending.items()
+            ]
         )
         self.pending.clear()
-        self._commit(commit, final=True)
-        return RunResult(outcome, self.successors)
+        self._commit(commit)
 
-    def _commit(self, commit: BatchCommit, *, final: bool = False) -> CommitResult:
-        """Commit `commit` plus the counters gathered since the last commit."""
+    def _close_unsent(self, reason: str) -> None:
+        """The job stopped: ids no request may have reached end not_attempted."""
+        self._close({i: reason for i in self.pending if i not in self.maybe_sent})
+
+    def _close(self, reasons: dict[str, str]) -> None:
+        commit = BatchCommit(
+            not_attempted=[(self.pending.pop(i), why) for i, why in reasons.items()]
+        )
+        if commit.not_attempted or self.unsent.requests:
+            self._commit(commit)
+
+    def _commit(self, commit: BatchCommit) -> None:
+        """Commit `commit` plus the counters gathered since the last commit; raise
+        _LeaseLost if the run no longer holds the batch."""
         commit.rate_limited += self.unsent.rate_limited
         commit.retries += self.unsent.retries
-        commit.tries += self.unsent.tries
+        commit.attempts += self.unsent.attempts
         commit.requests += self.unsent.requests
-        commit.uncertain = commit.uncertain or self.unsent.uncertain
         if self.last_error is not None:
             commit.last_error = str(self.last_error)[:300]
-        commit.final = final
-        result = self.store.commit(self.job_id, self.index, self.token, commit)
-        metrics.record_commit(commit, result.counted)
-        for name, entries in (
-            ("deleted", commit.deleted),
-            ("absent", commit.absent),
-            ("failed", commit.failed),
-            ("skipped", commit.skipped),
-        ):
-            self.counted[name] += len(entries)
+        result = self.ctx.store.commit(self.job_id, self.index, self.taken.token, commit)
+        if result.lost:
+            raise _LeaseLost
         self.unsent = BatchCommit()
-        self.released = final
-        self.successors.extend(result.successors)
-        return result
+        metrics.record_commit(commit, result.counted)
+        for name, n in commit.outcomes().items():
+            self.stats.counted[name] += n
 
     def _backoff(self, exc: ApiError, attempt: int) -> float:
-        s = self.settings
+        s = self.ctx.settings
         return round(retry_wait(exc, attempt, base_s=s.backoff_base_s, cap_s=s.backoff_cap_s), 3)
 
     @property
     def api(self) -> WicksonClient:
-        if self._api is None:
-            raise ConfigError("BatchRun needs `api` or `tenants`")
-        return self._api
+        if self._tenant is None:
+            raise ConfigError("no API client: the run has not resolved its key alias")
+        return self._tenant[0]
 
     @property
     def limiter(self) -> FleetLimiter:
-        if self._limiter is None:
-            raise ConfigError("BatchRun needs `limiter` or `tenants`")
-        return self._limiter
+        if self._tenant is None:
+            raise ConfigError("no limiter: the run has not resolved its key alias")
+        return self._tenant[1]
 
-    def _stop_reason(self, claim: Claim) -> str:
-        return f"job stopped: {claim.job_error}" if claim.job_error else "job stopped"
+    def _log_run(self, verdict: Verdict, started: float) -> None:
+        """The one line per run: outcome, counts, and where the time went."""
+        elapsed = time.perf_counter() - started
+        s = self.stats
+        self.log.info(
+            "batch.run",
+            verdict=str(verdict),
+            attempt=self.attempts,
+            **s.counted,
+            requests=s.requests,
+            elapsed_ms=round(elapsed * 1000, 2),
+            api_ms=round(s.api_s * 1000, 2),
+            wait_ms=round(s.wait_s * 1000, 2),
+            overhead_ms=round((elapsed - s.api_s - s.wait_s) * 1000, 2),
+            operation_id=s.operation_id or None,
+        )

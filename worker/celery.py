@@ -1,13 +1,11 @@
 """The Celery application: `celery -A worker worker` finds `app` here.
 
-Celery on Redis delivers at least once (see the README's "Delivery" section): acks are
-late, a lost child requeues its task, and every task is written to run twice safely.
-
-Priorities are queues, one per job priority (`QUEUES`). A worker consumes all three by
-default, high first: kombu's Redis transport with ``queue_order_strategy: 'priority'``
-BRPOPs the queues in the order the worker lists them (``task_queues``, or ``-Q``), so a
-message waiting in a higher queue is always taken first. A job's batches stay in the queue
-its start task came from. A dedicated high-priority fleet: ``-Q wickson-purge.high``.
+The broker only wakes workers: drain messages (one per worker slot, renewed every
+slice) on the queue ``wickson-purge``, beat's watchdog and sweeps on
+``wickson-purge.control``, consumed first. Which batch runs next (priorities, fairness,
+recovery) is the store's business, not the broker's. Delivery is at least once: acks
+are late, a lost child requeues its task, and every task is written to run twice safely.
+When the worker is ready, a keeper thread (worker/keeper.py) keeps its slots busy.
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -25,21 +24,23 @@ from worker.errors import ConfigError
 from worker.settings import Settings, get_settings
 
 QUEUE = "wickson-purge"
-QUEUE_HIGH = f"{QUEUE}.high"
-QUEUE_LOW = f"{QUEUE}.low"
-QUEUES: dict[str, str] = {"high": QUEUE_HIGH, "normal": QUEUE, "low": QUEUE_LOW}
-"""The broker queue of each job priority, highest first (the order workers consume them)."""
-START_TASK = "wickson_purge.start_job"
-BATCH_TASK = "wickson_purge.delete_batch"
+CONTROL_QUEUE = f"{QUEUE}.control"
+QUEUES = (CONTROL_QUEUE, QUEUE)
+"""The broker queues, in the order workers consume them."""
+DRAIN_TASK = "wickson_purge.drain"
 WATCHDOG_TASK = "wickson_purge.watchdog"
 SWEEP_TASK = "wickson_purge.run_sweep"
 SWEEP_EXPIRES_S = 3_600
 """A sweep tick still queued after an hour is dropped: the next tick sweeps the same data."""
 
 
-def queue_for(priority: str) -> str:
-    """The broker queue of a job priority (an unknown one: the normal queue)."""
-    return QUEUES.get(priority, QUEUE)
+def send_drains(tickets: Iterable[str]) -> int:
+    """Publish one drain message per ticket (the one way work is published)."""
+    n = 0
+    for ticket in tickets:
+        app.send_task(DRAIN_TASK, args=[ticket], queue=QUEUE)
+        n += 1
+    return n
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -51,8 +52,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # visibility timeout itself.
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 6)),
         "unacked_restore_throttle": 1,
-        # BRPOP the queues in the order given (high, normal, low), not round robin: a
-        # high-priority batch is taken before any waiting normal or low one.
+        # BRPOP the queues in the order given: beat's control tasks before drains.
         "queue_order_strategy": "priority",
     }
     return {
@@ -73,7 +73,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Exchange and routing key named like the queue, as Celery creates them on Redis.
         "task_queues": [
             Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
-            for name in QUEUES.values()
+            for name in QUEUES
         ],
         "worker_soft_shutdown_timeout": settings.shutdown_grace_s,
         "worker_hijack_root_logger": False,
@@ -83,7 +83,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": WATCHDOG_TASK,
                 "schedule": settings.watchdog_interval_s,
                 # A watchdog run that waited longer than its interval is stale: skip it.
-                "options": {"expires": settings.watchdog_interval_s},
+                "options": {"queue": CONTROL_QUEUE, "expires": settings.watchdog_interval_s},
             },
             **_sweep_schedule(settings),
         },
@@ -100,9 +100,9 @@ def _sweep_schedule(settings: Settings) -> dict[str, Any]:
     from producers.sweeps import beat_entries, load_sweeps
 
     sweeps = load_sweeps(settings.sweeps_file)
-    # The sweep task itself is short (read ids, submit a job): the high queue keeps it from
-    # waiting behind bulk deletes; the job it submits runs at the sweep's priority.
-    options = {"queue": QUEUE_HIGH, "expires": SWEEP_EXPIRES_S}
+    # The sweep task itself is short (read ids, submit a job): the control queue keeps it
+    # from waiting behind drains; the job it submits runs at the sweep's priority.
+    options = {"queue": CONTROL_QUEUE, "expires": SWEEP_EXPIRES_S}
     return beat_entries(sweeps, task=SWEEP_TASK, options=options)
 
 
@@ -111,7 +111,7 @@ app.conf.update(celery_config(get_settings()))
 
 
 @signals.worker_init.connect
-def _preflight(**_: Any) -> None:
+def _preflight(sender: Any = None, **_: Any) -> None:
     from worker.logs import configure_logging
     from worker.preflight import check_worker
     from worker.runtime import get_runtime
@@ -126,15 +126,29 @@ def _preflight(**_: Any) -> None:
         # stops a worker that must not start.
         print(f"wickson-purge worker: refusing to start: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    _SLOTS[0] = int(getattr(sender, "concurrency", 0) or 1)
+
+
+_SLOTS = [1]
+"""This worker's concurrency (its pool's slots), read when it starts."""
+
+
+@signals.worker_ready.connect
+def _start_keeper(**_: Any) -> None:
+    from worker.runtime import get_runtime, start_keeper
+
+    # The main process keeps the fleet busy: its prefork children run the drains.
+    start_keeper(get_runtime(), send_drains, slots=_SLOTS[0])
 
 
 @signals.worker_shutting_down.connect
 def _shutting_down(**_: Any) -> None:
-    from worker.runtime import SHUTTING_DOWN
+    from worker.runtime import SHUTTING_DOWN, stop_keeper
 
     # Runs in flight finish their request, then hand their batch back: the warm
     # shutdown lasts one request (WICKSON_REQUEST_TIMEOUT_S at most), not a whole retry loop.
     SHUTTING_DOWN.set()
+    stop_keeper()
 
 
 @signals.worker_process_init.connect

@@ -3,30 +3,39 @@
 Layout, for prefix ``wp`` and job ``J`` (a batch is identified by its index ``i``):
 
     wp:jobs                 zset   job id -> created (ms): the job list, newest last
+    wp:active               zset   unfinished job id -> created (ms)
     wp:idem:<key>           string idempotency key -> job id (submit twice, one job)
-    wp:job:J                hash   the job record and its counters (see store.JOB_FIELDS)
+    wp:job:J                hash   the job record and its counters (store.RECORD_FIELDS)
     wp:job:J:batches        hash   i -> the batch's ids, newline-joined (at most 100)
     wp:job:J:resolved       bitmap bit i*128+k: id k of batch i has its outcome
     wp:job:J:failed         hash   media id -> failure reason
-    wp:job:J:absent         set    ids found already deleted after an uncertain attempt
-    wp:job:J:skipped        hash   media id -> why it was not attempted (job stopped)
+    wp:job:J:not_found      set    ids the API said it could not find
+    wp:job:J:not_attempted  hash   media id -> 'i|why' it was not attempted (job stopped)
     wp:job:J:reasons        hash   reason -> count of failed ids
-    wp:job:J:claims         hash   i -> runs of batch i that ended without a verdict
-    wp:job:J:attempts       hash   i -> API attempts spent on batch i
-    wp:job:J:uncertain      set    batches whose earlier attempt may have deleted ids
+    wp:job:J:runs           hash   i -> runs of batch i whose lease lapsed (crash count)
+    wp:job:J:attempts       hash   i -> failed API attempts spent on batch i
+    wp:job:J:sent           set    batches a request may have been sent for
     wp:job:J:ops            hash   i -> last API operation id for batch i
-    wp:job:J:lease:i        string the run that owns batch i now (expires)
     wp:job:J:done           string set once, when the job finished (completion guard)
-    wp:job:J:inflight       zset   i -> when batch i was last queued (the watchdog's view)
-    wp:job:J:parked         set    batches of a paused job, set aside until it resumes
-    wp:rl:<alias>           hash   the fleet rate limiter of one API key: tat, paused_until, rate
+    wp:job:J:pending        zset   i -> lease expiry (taken) or not-before (handed back), ms
+    wp:job:J:owners         hash   i -> the token of the run that holds batch i's lease
+    wp:run:<priority>       zset   runnable job id -> round-robin turn (lowest served next)
+    wp:turn                 string the round-robin counter
+    wp:drains               zset   drain ticket -> deadline (ms): drain runs alive or queued
+    wp:drains:desired       string drain runs the fleet wants (its live worker slots)
+    wp:workers              zset   worker id -> heartbeat deadline (ms)
+    wp:workers:slots        hash   worker id -> its concurrency
+    wp:store                hash   run_id: the Redis server run the store last saw
+    wp:rl:<alias>           hash   the fleet rate limiter of one API key
+    wp:rl:job:J             hash   the limiter of a job given its own rate
     wp:aliases              set    API key aliases the workers hold (never the keys)
     wp:events               list   job-finished events, newest first (capped)
-    wp:sweep:<name>:<tick>  string the run that owns sweep <name>'s tick (SET NX, expires):
-                                   a tick runs once, however many beats sent it
+    wp:sweep:<name>:<tick>  string the run that owns sweep <name>'s tick (SET NX, expires)
     wp:sweep:<name>:runs    list   the sweep's runs, newest first (JSON; capped)
 
 Ids are packed 100 to a hash field: a 10M-id job is 100k fields, near the raw bytes.
+Scripts that pick a job (take, wake) build job keys from the prefix: wickson-purge
+needs one Redis (or one primary), not a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -40,17 +49,19 @@ JOB_SUFFIXES = (
     "batches",
     "resolved",
     "failed",
-    "absent",
-    "skipped",
+    "not_found",
+    "not_attempted",
     "reasons",
-    "claims",
+    "runs",
     "attempts",
-    "uncertain",
+    "sent",
     "ops",
     "done",
-    "inflight",
-    "parked",
+    "pending",
+    "owners",
 )
+"""The per-job structures, in the order of the scripts' KEYS after the record (the Lua
+prelude is generated from this tuple: `store.lua_prelude`)."""
 
 
 @dataclass(frozen=True)
@@ -67,15 +78,33 @@ class Keys:
     def events(self) -> str:
         return f"{self.prefix}:events"
 
+    @property
+    def active(self) -> str:
+        """Unfinished jobs (queued, running, paused, stopping): what recovery looks at."""
+        return f"{self.prefix}:active"
+
+    @property
+    def drains(self) -> str:
+        return f"{self.prefix}:drains"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    @property
+    def store(self) -> str:
+        return f"{self.prefix}:store"
+
+    def run_queue(self, priority: str) -> str:
+        """Runnable jobs of one priority, in round-robin order."""
+        return f"{self.prefix}:run:{priority}"
+
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
 
     def job(self, job_id: str, suffix: str | None = None) -> str:
         base = f"{self.prefix}:job:{job_id}"
         return f"{base}:{suffix}" if suffix else base
-
-    def lease(self, job_id: str, index: int) -> str:
-        return f"{self.prefix}:job:{job_id}:lease:{index}"
 
     def job_limiter(self, job_id: str) -> str:
         """The limiter of a job given its own rate (`rethrottle --job`)."""

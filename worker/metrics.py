@@ -56,13 +56,13 @@ from worker.store import TERMINAL_STATES, BatchCommit, JobStore
 
 PREFIX = "wickson_purge"
 
-OUTCOMES = ("deleted", "already_absent", "failed", "not_attempted")
+OUTCOMES = ("deleted", "not_found", "failed", "not_attempted")
 REASON_CLASSES = ("not_found", "forbidden", "invalid_id", "gave_up", "other")
 RESULTS = (
     "ok", "rate_limited", "bad_request", "auth_failed", "stopped", "server_error",
     "unreachable", "outcome_unknown", "error",
 )  # fmt: skip
-VERDICTS = ("ok", "done", "gone", "parked", "failed", "skipped", "deferred")
+VERDICTS = ("done", "handed_back", "lost", "stopped")
 STOP_CODES = ("INVALID_API_KEY", "INSUFFICIENT_PERMISSIONS", "other")
 JOB_STATES = (
     "staging", "queued", "running", "paused", "stopping", "completed", "failed", "cancelled",
@@ -174,10 +174,10 @@ def committed(commit: BatchCommit, counted: int) -> list[Counted]:
     (the last ones listed).
     """
     groups = [Counted("deleted", None, len(commit.deleted))]
-    groups.append(Counted("already_absent", None, len(commit.absent)))
+    groups.append(Counted("not_found", None, len(commit.not_found)))
     for _, reason in commit.failed:
         groups.append(Counted("failed", reason_class(reason), 1))
-    groups.append(Counted("not_attempted", None, len(commit.skipped)))
+    groups.append(Counted("not_attempted", None, len(commit.not_attempted)))
     out: list[Counted] = []
     left = max(counted, 0)
     for group in groups:
@@ -200,8 +200,8 @@ def record_commit(commit: BatchCommit, counted: int) -> None:
 
 
 def record_run(verdict: str) -> None:
-    """Count one batch run that ended with `verdict` (an unknown one counts as 'ok')."""
-    BATCH_RUNS.labels(verdict if verdict in VERDICTS else "ok").inc()
+    """Count one batch run that ended with `verdict` (an unknown one counts as 'done')."""
+    BATCH_RUNS.labels(verdict if verdict in VERDICTS else "done").inc()
 
 
 def record_request(seconds: float, error: BaseException | None) -> None:

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from importlib import resources
 
 import redis
 
 from worker.errors import Deferred
-
-_SCRIPT = (resources.files("worker") / "lua" / "ratelimit.lua").read_text()
+from worker.scripts import SCRIPTS
 
 
 class FleetLimiter:
@@ -41,7 +39,7 @@ class FleetLimiter:
         self.default_rate = _rate_arg(rate)
         self.burst = burst
         self.sleep = sleep
-        self._script = client.register_script(_SCRIPT)
+        self._script = client.register_script(SCRIPTS["ratelimit"])
         self.last_rate = 0.0
         """The rate the script reported on the last call."""
         self.announced: float | None = None

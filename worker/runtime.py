@@ -7,14 +7,18 @@ the demo and the tests install theirs with `set_runtime`.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import redis
 
 from worker.api import WicksonClient
+from worker.batch import RunContext
+from worker.keeper import Keeper
 from worker.keys import Keys
 from worker.logs import register_secret
 from worker.ratelimit import FleetLimiter
@@ -54,6 +58,20 @@ class Runtime:
             )
         return self._limiters[alias]
 
+    def tenant(self, alias: str) -> tuple[WicksonClient, FleetLimiter]:
+        """The client and the fleet limiter of key `alias`."""
+        return self.api(alias), self.limiter(alias)
+
+    def context(self) -> RunContext:
+        """What the batch runs of this process share."""
+        return RunContext(
+            store=self.store,
+            settings=self.settings,
+            tenant=self.tenant,
+            sleep=self.sleep,
+            shutting_down=SHUTTING_DOWN.is_set,
+        )
+
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
@@ -83,7 +101,6 @@ def build_runtime(
             client,
             keys=keys,
             retention_s=settings.job_retention_s,
-            window=settings.dispatch_window,
         ),
         api_factory=api_factory or make_api,
         sleep=sleep,
@@ -95,6 +112,35 @@ SHUTTING_DOWN = threading.Event()
 
 _current: Runtime | None = None
 _owner_pid: int | None = None
+
+
+_keeper: Keeper | None = None
+
+
+def start_keeper(
+    runtime: Runtime, publish: Callable[[Sequence[str]], object], *, slots: int
+) -> Keeper:
+    """Start this process's keeper (once): heartbeat, lost-writes check, wake-ups."""
+    global _keeper
+    if _keeper is None:
+        _keeper = Keeper(
+            runtime.store,
+            publish,
+            worker=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            slots=slots,
+            interval_s=runtime.settings.keeper_interval_s,
+            lost_writes_margin=runtime.settings.lost_writes_margin,
+        )
+        _keeper.start()
+    return _keeper
+
+
+def stop_keeper() -> None:
+    """Stop this process's keeper, if it runs (its slots stop counting at once)."""
+    global _keeper
+    if _keeper is not None:
+        _keeper.stop()
+        _keeper = None
 
 
 def get_runtime() -> Runtime:

@@ -71,25 +71,32 @@ class Settings(BaseSettings):
     """Longest single backoff (botocore caps at 20 s; a little more for 5xx storms)."""
 
     max_wait_in_task_s: float = Field(5.0, ge=0, le=60)
-    """Waits longer than this free the worker slot and come back as a countdown retry."""
+    """Longer waits (a backoff, a 429 pause) hand the batch back to the store, takeable
+    again when the wait is over, and free the run for other batches."""
 
     visibility_timeout_s: int = Field(3_600, ge=10)
-    """Redis transport redelivery delay for unacked messages; must exceed every countdown."""
+    """Redis transport redelivery delay for unacked messages (a drain message is held for
+    one slice); recovery does not wait for it: leases do."""
 
-    lease_s: float = Field(300.0, gt=0)
-    """How long one run owns a batch; a duplicate delivery waits it out instead of racing."""
+    lease_s: float = Field(20.0, gt=0, le=600)
+    """How long a run holds a batch without renewing (it renews before every request):
+    a killed worker's batches are taken over this long after its last request started."""
 
     max_deliveries: int = Field(5, ge=1, le=100)
-    """Consecutive runs of a batch that ended without a verdict (crashes) before it is failed."""
+    """Runs of a batch whose lease lapsed (crashes) before its ids fail worker_crash_loop."""
 
-    dispatch_window: int = Field(256, ge=1, le=100_000)
-    """Batches of one job queued in the broker at once: backpressure, and prompt pause/cancel."""
+    slice_s: float = Field(10.0, gt=0, le=600)
+    """How long one drain run takes batches before it hands over to its successor message."""
 
-    stale_after_s: float = Field(600.0, ge=10)
-    """A queued batch nobody took for this long lost its message: the watchdog requeues it."""
+    keeper_interval_s: float = Field(2.0, gt=0, le=60)
+    """How often every worker's keeper checks that the fleet's drain runs are all alive."""
+
+    lost_writes_margin: int = Field(512, ge=0)
+    """After a Redis restart, batches past each job's frontier marked possibly sent (the
+    store's lost last second: at least the fleet's batches per second, with room)."""
 
     watchdog_interval_s: float = Field(60.0, ge=1)
-    """How often beat runs the watchdog (requeue lost batches, start lost starts)."""
+    """How often beat runs the keeper's wake-up once more (belt and braces)."""
 
     job_retention_s: int = Field(7 * 24 * 3_600, ge=60)
     """How long a finished job's results stay readable (no TTL while it runs)."""
@@ -125,12 +132,18 @@ class Settings(BaseSettings):
                 f" WICKSON_SHUTDOWN_GRACE_S={self.shutdown_grace_s:g}: a warm shutdown must"
                 " let the request in flight finish"
             )
-        longest = max(self.backoff_cap_s, self.lease_s, self.max_wait_in_task_s)
-        if longest * 2 > self.visibility_timeout_s:
+        if self.lease_s < self.request_timeout_s + 5:
+            raise ValueError(
+                f"WICKSON_LEASE_S={self.lease_s:g} must be at least WICKSON_REQUEST_TIMEOUT_S"
+                f"={self.request_timeout_s:g} + 5: a request must end before its lease can"
+                " lapse, or another run could send the same ids at the same time"
+            )
+        held = self.slice_s + self.lease_s
+        if held * 2 > self.visibility_timeout_s:
             raise ValueError(
                 f"WICKSON_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must be at least twice"
-                f" the longest retry wait ({longest:g} s): an ETA longer than the visibility"
-                " timeout is redelivered again and again"
+                f" a drain message's longest hold (slice + lease: {held:g} s), or the broker"
+                " redelivers it while it still runs"
             )
         return self
 
@@ -171,6 +184,15 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(f"invalid configuration: {exc}") from None
 
 
+_USERINFO = re.compile(r"(?<=[a-z/])[^\s/@'\"]*@", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with the user and password of any URL in it masked (a REDIS_URL's
+    password must never reach a message, a log line or a traceback)."""
+    return _USERINFO.sub("****@", text)
+
+
 def _explain(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
@@ -180,7 +202,7 @@ def _explain(exc: ValidationError) -> str:
             continue
         field = str(err["loc"][0])
         name = "REDIS_URL" if field.lower() == "redis_url" else f"WICKSON_{field.upper()}"
-        value = "" if field.startswith("api_key") else f" (got {err.get('input')!r})"
+        value = "" if field.startswith("api_key") else f" (got {redact(repr(err.get('input')))})"
         lines.append(f"  {name}: {err['msg']}{value}")
     return "\n".join(lines)
 

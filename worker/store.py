@@ -1,8 +1,12 @@
 """The results store: jobs, their batches and every id's outcome, in Redis.
 
-All accounting happens inside Lua scripts (``worker/lua``), one round trip each, so a
-redelivered, re-run or concurrent batch can never count an id twice, and a job finishes
-exactly once. This module knows nothing of HTTP or Celery.
+The store owns the work: a run *takes* a batch under a lease (with its send slot from
+the fleet limiter), renews the lease before each request and *commits* each answer;
+every write of a run checks its token inside the script, so a run whose lease lapsed
+commits nothing. A batch whose run died is taken over when its lease lapses. Accounting
+happens inside Lua scripts (``worker/lua``), one round trip each, so a re-run or
+concurrent batch can never count an id twice, and a job finishes exactly once. This
+module knows nothing of HTTP or Celery.
 """
 
 from __future__ import annotations
@@ -12,8 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
 
 import redis
@@ -21,21 +24,27 @@ from pydantic import BaseModel, ConfigDict
 
 from worker.errors import InputError, JobNotFound, StoreUnavailable
 from worker.keys import Keys
+from worker.scripts import load_scripts, reply_fields
 
 JobState = Literal[
     "staging", "queued", "running", "paused", "stopping", "completed", "failed", "cancelled"
 ]
 TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+ACTIVE_STATES: frozenset[str] = frozenset({"queued", "running", "paused", "stopping"})
 Priority = Literal["high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
-"""Highest first: workers take a job's batches from its priority's queue (worker/celery.py)."""
+"""Highest first: a run takes a batch of a high job before any normal or low one."""
+Outcome = Literal["deleted", "not_found", "failed", "not_attempted"]
+OUTCOMES: tuple[Outcome, ...] = ("deleted", "not_found", "failed", "not_attempted")
+"""Every unique id of a job ends with exactly one of these."""
 BATCH_SIZE = 100
 """The API's hard limit of ids per request."""
 
 STAGING_TTL_S = 3_600
 """A staging job whose producer stops refreshing it for this long expires, never runs."""
 
-ClaimVerdict = Literal["gone", "done", "parked", "busy", "poison", "ok"]
+JOBS_SCANNED = 32
+"""Runnable jobs of one priority a take looks at (round robin: the least served first)."""
 
 
 class JobStatus(BaseModel):
@@ -65,9 +74,13 @@ class JobStatus(BaseModel):
     batches_total: int = 0
     batches_done: int = 0
     deleted: int = 0
-    already_absent: int = 0
+    """Ids the API answered it deleted."""
+    not_found: int = 0
+    """Ids the API answered it could not find: already gone (by us or anyone) or never there."""
     failed: int = 0
+    """Ids that need a person's attention; `failure_reasons` says why."""
     not_attempted: int = 0
+    """Ids never sent because the job stopped (`resume` sends them)."""
     hd_vectors: int = 0
     ld_vectors: int = 0
     requests: int = 0
@@ -79,38 +92,63 @@ class JobStatus(BaseModel):
     @property
     def done(self) -> int:
         """Ids that have their outcome."""
-        return self.deleted + self.already_absent + self.failed + self.not_attempted
+        return self.deleted + self.not_found + self.failed + self.not_attempted
+
+    @property
+    def answered(self) -> int:
+        """Ids the API answered for (or refused as invalid): every outcome but not_attempted."""
+        return self.deleted + self.not_found + self.failed
 
     @property
     def finished(self) -> bool:
         return self.state in TERMINAL_STATES
 
 
-@dataclass(frozen=True)
-class Claim:
-    """What a run learns when it claims a batch."""
+INT_FIELDS = frozenset(
+    name for name, info in JobStatus.model_fields.items() if info.annotation is int
+)
+"""Record fields held as integers (counters): one schema, read from `JobStatus`."""
 
-    verdict: ClaimVerdict
-    state: str
-    ids: list[str] = field(default_factory=list)
-    resolved: str = ""
+
+@dataclass(frozen=True)
+class Taken:
+    """A batch a run took: its ids, what is known of them, and its send slot."""
+
+    job_id: str
+    index: int
+    token: str
+    ids: list[str]
+    resolved: str
     """One character per id, '1' when the id already has its outcome."""
-    attempts: int = 0
-    uncertain: bool = False
-    extra: str = ""
-    """busy: the lease's ms left; done: unfinished successors 'i,j,..'; ok: the run count."""
-    reason: str = ""
+    attempts: int
+    """Failed API attempts spent on the batch by earlier runs."""
+    sent_before: bool
+    """An earlier run may have sent a request for this batch."""
+    runs: int
+    """Runs of the batch whose lease lapsed (crashes), this take's included."""
+    state: str
+    reason: str
     """The job's reason, sent with every request."""
-    job_error: str = ""
-    """The job's last error (why it stopped, for a stopped job)."""
-    key_alias: str = "default"
-    """Which of the workers' API keys the job uses."""
-    job_rate: str = ""
-    """The job's own rate limit, requests/s ('' for none: the fleet's limit alone)."""
+    stop_reason: str
+    """Why a stopping job stopped (given to the ids it will not attempt)."""
+    key_alias: str
+    wait_s: float
+    """The send slot reserved for the first request is this far in the future."""
+    rate: float
+    """The fleet's rate for the job's key when the slot was reserved, requests/s."""
 
     def pending(self) -> list[tuple[int, str]]:
         """(position, id) of the ids that still need an outcome."""
         return [(pos, i) for pos, i in enumerate(self.ids) if self.resolved[pos : pos + 1] != "1"]
+
+
+@dataclass(frozen=True)
+class NoBatch:
+    """What a take found instead of a batch: `wait` (retry in `wait_s`), `idle` (no
+    runnable job) or `replaced` (this drain ticket lapsed and was replaced)."""
+
+    kind: Literal["wait", "idle", "replaced"]
+    wait_s: float = 0.0
 
 
 @dataclass
@@ -118,12 +156,12 @@ class BatchCommit:
     """Outcomes of one API answer (or of a run's end), by position in the batch."""
 
     deleted: list[int] = field(default_factory=list)
-    absent: list[int] = field(default_factory=list)
+    not_found: list[int] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)
-    skipped: list[tuple[int, str]] = field(default_factory=list)
-    hd_vectors: int = 0
-    ld_vectors: int = 0
-    tries: int = 0
+    not_attempted: list[tuple[int, str]] = field(default_factory=list)
+    hd: int = 0
+    ld: int = 0
+    attempts: int = 0
     """Failed attempts (what max_attempts bounds): retryable errors, answers that left
     ids unaccounted."""
     requests: int = 0
@@ -131,41 +169,30 @@ class BatchCommit:
     retries: int = 0
     operation_id: str = ""
     last_error: str = ""
-    uncertain: bool = False
-    later_s: float = 0.0
-    """The run comes back by a countdown retry in this many seconds."""
-    final: bool = False
-    """The run ends with this commit: release the lease, reset the crash count."""
+    release: Literal["keep", "later"] = "keep"
+    """keep: the run goes on with the batch; later: it hands the batch back."""
+    later_ms: int = 0
+    """With release 'later': the batch is takeable again this many ms from now."""
 
     def payload(self) -> str:
-        return json.dumps(
-            {
-                "d": self.deleted,
-                "a": self.absent,
-                "f": self.failed,
-                "s": self.skipped,
-                "hd": self.hd_vectors,
-                "ld": self.ld_vectors,
-                "tries": self.tries,
-                "reqs": self.requests,
-                "r429": self.rate_limited,
-                "retries": self.retries,
-                "op": self.operation_id,
-                "err": self.last_error,
-                "unc": int(self.uncertain),
-                "later": int(self.later_s * 1000),
-                "fin": int(self.final),
-            },
-            separators=(",", ":"),
-        )
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    def outcomes(self) -> dict[str, int]:
+        """How many ids this commit gives each outcome."""
+        return {
+            "deleted": len(self.deleted),
+            "not_found": len(self.not_found),
+            "failed": len(self.failed),
+            "not_attempted": len(self.not_attempted),
+        }
 
 
-class Outcome(NamedTuple):
+class OutcomeRow(NamedTuple):
     """One id's outcome in a job."""
 
     media_id: str
     outcome: str
-    """deleted, already_absent, failed, not_attempted, or pending (not yet decided)."""
+    """deleted, not_found, failed, not_attempted, or pending (not yet decided)."""
     reason: str
 
 
@@ -182,39 +209,26 @@ class ReportRow(NamedTuple):
 
 @dataclass(frozen=True)
 class CommitResult:
-    """What a commit did: new outcomes, whether the batch or job ended, what to publish."""
+    """What a commit did: `lost` (the run no longer holds the lease: nothing written), new
+    outcomes, whether the batch or job ended, and the job's state after it."""
 
+    lost: bool
     counted: int
     batch_done: bool
     job_finished: bool
-    successors: range
+    state: str
 
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-"""Delete a lease only if this run holds it (compare and delete, atomically)."""
+@dataclass(frozen=True)
+class Renewal:
+    """A lease renewed before a request (`held`), the job's state and the fleet's pause."""
 
-_SET_IF_EXISTS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) + 1
-"""
-"""Set a field of a job record that still exists (never resurrect an expired job)."""
-
-_SENT_OUTCOMES = frozenset({"deleted", "already_absent", "failed"})
+    held: bool
+    state: str
+    pause_s: float
 
 
-def _load_script(name: str) -> str:
-    lua = resources.files("worker") / "lua"
-    return (lua / "common.lua").read_text() + "\n" + (lua / name).read_text()
-
-
-_INT_FIELDS = {
-    "submitted", "invalid", "batches_total", "batches_done", "deleted", "already_absent",
-    "failed", "not_attempted", "hd_vectors", "ld_vectors", "requests", "rate_limited",
-    "retries",
-}  # fmt: skip
+_SENT_OUTCOMES = frozenset({"deleted", "not_found", "failed"})
 
 
 class JobStore:
@@ -226,22 +240,15 @@ class JobStore:
         *,
         keys: Keys | None = None,
         retention_s: int = 7 * 24 * 3_600,
-        window: int = 256,
     ) -> None:
         self.redis = client
         self.keys = keys or Keys()
         self.retention_s = retention_s
-        self.window = window
-        self._claim = client.register_script(_load_script("claim.lua"))
-        self._commit = client.register_script(_load_script("commit.lua"))
-        self._seal = client.register_script(_load_script("seal.lua"))
-        self._start = client.register_script(_load_script("start.lua"))
-        self._stop = client.register_script(_load_script("stop.lua"))
-        self._pause = client.register_script(_load_script("pause.lua"))
-        self._resume = client.register_script(_load_script("resume.lua"))
-        self._stalled = client.register_script(_load_script("stalled.lua"))
-        self._release = client.register_script(_RELEASE)
-        self._set_if_exists = client.register_script(_SET_IF_EXISTS)
+        self.scripts = load_scripts(client)
+
+    def _job(self, name: str, job_id: str, args: Sequence[Any], extra: Sequence[str] = ()) -> Any:
+        with _store_errors():
+            return self.scripts[name](keys=[*self.keys.job_keys(job_id), *extra], args=list(args))
 
     # -- producers ---------------------------------------------------------------------
 
@@ -326,118 +333,150 @@ class JobStore:
     def seal(self, job_id: str, *, batches: int, valid: int, invalid: int, submitted: int) -> str:
         """Make a staged job runnable (atomically); return its state ('queued' or, with
         nothing valid to delete, 'completed')."""
-        with _store_errors():
-            try:
-                state = self._seal(
-                    keys=[*self.keys.job_keys(job_id), self.keys.jobs, self.keys.events],
-                    args=[job_id, batches, valid, valid + invalid, invalid, submitted,
-                          self.retention_s],
-                )  # fmt: skip
-            except redis.ResponseError as exc:
-                if "NOJOB" in str(exc):
-                    raise InputError(f"job {job_id} expired while staging") from None
-                raise
+        try:
+            state = self._job(
+                "seal", job_id, [job_id, batches, valid, valid + invalid, invalid, submitted,
+                                 self.retention_s],
+            )  # fmt: skip
+        except redis.ResponseError as exc:
+            if "NOJOB" in str(exc):
+                raise InputError(f"job {job_id} expired while staging") from None
+            raise
         return _text(state)
 
     # -- workers -----------------------------------------------------------------------
 
-    def start(self, job_id: str) -> range:
-        """Mark a queued job running; return the first batches to publish."""
+    def take(
+        self,
+        token: str,
+        *,
+        lease_s: float,
+        max_runs: int,
+        max_wait_s: float,
+        rate: float | str,
+        burst: int = 1,
+        ticket: str = "",
+        ticket_ttl_s: float = 30.0,
+        priorities: Sequence[str] = PRIORITIES,
+    ) -> Taken | NoBatch:
+        """Take the next batch of any runnable job (priority first, then round robin)
+        under a lease held by `token`, with a send slot from its key's fleet limiter."""
         with _store_errors():
-            first, n = self._start(keys=self.keys.job_keys(job_id), args=[self.window])
-        return range(int(first), int(first) + int(n))
-
-    def claim(
-        self, job_id: str, index: int, token: str, *, lease_s: float, max_deliveries: int
-    ) -> Claim:
-        """Take batch `index` for one run: its ids, which are resolved, and a lease."""
-        with _store_errors():
-            reply = self._claim(
-                keys=[*self.keys.job_keys(job_id), self.keys.lease(job_id, index)],
-                args=[index, token, int(lease_s * 1000), max_deliveries],
-            )
-        verdict, state = _text(reply[0]), _text(reply[1])
-        if len(reply) == 2:
-            return Claim(verdict, state)  # type: ignore[arg-type]
-        packed = _text(reply[2])
-        return Claim(
-            verdict=verdict,  # type: ignore[arg-type]
-            state=state,
-            ids=packed.split("\n") if packed else [],
-            resolved=_text(reply[3]),
-            attempts=int(reply[4]),
-            uncertain=bool(int(reply[5])),
-            extra=_text(reply[6]),
-            reason=_text(reply[7]) if len(reply) > 7 else "",
-            job_error=_text(reply[8]) if len(reply) > 8 else "",
-            key_alias=_text(reply[9]) if len(reply) > 9 else "default",
-            job_rate=_text(reply[10]) if len(reply) > 10 else "",
+            reply = self.scripts["take"](
+                args=[self.keys.prefix, token, ticket, int(lease_s * 1000), max_runs,
+                      int(max_wait_s * 1e6), _rate_text(rate), burst, JOBS_SCANNED,
+                      int(ticket_ttl_s * 1000), ",".join(priorities)],
+            )  # fmt: skip
+        r = reply_fields(reply)
+        if r["kind"] != "batch":
+            return NoBatch(r["kind"], int(r.get("wait_ms", 0)) / 1000)  # type: ignore[arg-type]
+        return Taken(
+            job_id=r["job_id"],
+            index=int(r["index"]),
+            token=token,
+            ids=r["ids"].split("\n"),
+            resolved=r["resolved"],
+            attempts=int(r["attempts"]),
+            sent_before=r["sent_before"] == "1",
+            runs=int(r["runs"]),
+            state=r["state"],
+            reason=r["reason"],
+            stop_reason=r["stop_reason"],
+            key_alias=r["key_alias"],
+            wait_s=int(r["wait_us"]) / 1e6,
+            rate=float(r["rate"] or 0),
         )
 
+    def renew(self, job_id: str, index: int, token: str, *, lease_s: float, alias: str) -> Renewal:
+        """Extend the lease of batch `index` before a request, if `token` holds it."""
+        r = reply_fields(
+            self._job("renew", job_id, [index, token, int(lease_s * 1000)],
+                      [self.keys.limiter(alias)])
+        )  # fmt: skip
+        return Renewal(r["status"] == "ok", r["state"], int(r["pause_us"]) / 1e6)
+
     def commit(self, job_id: str, index: int, token: str, outcome: BatchCommit) -> CommitResult:
-        """Record outcomes of batch `index`; ids that already have one are not counted."""
-        keys = [*self.keys.job_keys(job_id), self.keys.lease(job_id, index), self.keys.events]
-        with _store_errors():
-            counted, batch_done, finished, first, n = self._commit(
-                keys=keys,
-                args=[index, token, outcome.payload(), self.window, self.retention_s],
-            )
-        first, n = int(first), int(n)
-        return CommitResult(int(counted), bool(batch_done), bool(finished), range(first, first + n))
+        """Record outcomes of batch `index` if `token` still holds its lease; ids that
+        already have one are not counted."""
+        r = reply_fields(self._job("commit", job_id, [index, token, outcome.payload()]))
+        if r["status"] != "ok":
+            return CommitResult(True, 0, False, False, r["state"])
+        return CommitResult(
+            False, int(r["counted"]), r["batch_done"] == "1", r["job_finished"] == "1", r["state"]
+        )
 
-    def release(self, job_id: str, index: int, token: str) -> None:
-        """Give up the lease of batch `index` if `token` holds it (its crash count stays)."""
-        with _store_errors():
-            self._release(keys=[self.keys.lease(job_id, index)], args=[token])
+    def stop(
+        self, job_id: str, state: Literal["failed", "cancelled"], error: str, reason: str = ""
+    ) -> bool:
+        """Stop an unfinished job; its ids never sent end `not_attempted` with `reason`
+        (default: 'job stopped: <error>')."""
+        why = reason or f"job stopped: {error}"
+        return bool(self._job("stop", job_id, [state, error, why]))
 
-    def stop(self, job_id: str, state: Literal["failed", "cancelled"], error: str) -> bool:
-        """Stop an unfinished job; its ids not yet sent end `not_attempted`."""
+    def wake(
+        self,
+        *,
+        worker: str = "",
+        slots: int = 0,
+        ticket_ttl_s: float = 30.0,
+        heartbeat_s: float = 10.0,
+        most: int = 256,
+    ) -> list[str]:
+        """Heartbeat of `worker` (with its `slots`), then the tickets of the drain runs the
+        fleet misses while some job is runnable: publish one drain message per ticket."""
         with _store_errors():
-            stopped = self._stop(
-                keys=[*self.keys.job_keys(job_id), self.keys.events],
-                args=[state, error, self.retention_s],
-            )
-        return bool(stopped)
+            reply = self.scripts["wake"](
+                args=[self.keys.prefix, worker, int(ticket_ttl_s * 1000), slots,
+                      int(heartbeat_s * 1000), most],
+            )  # fmt: skip
+        return [_text(t) for t in reply]
+
+    def end_drain(self, ticket: str) -> None:
+        """A drain run ends for good (no runnable job): its ticket goes."""
+        with _store_errors():
+            self.redis.zrem(self.keys.drains, ticket)
+
+    def leave(self, worker: str) -> None:
+        """A worker shuts down: its slots no longer count."""
+        with _store_errors(), self.redis.pipeline() as pipe:
+            pipe.zrem(self.keys.workers, worker)
+            pipe.hdel(f"{self.keys.workers}:slots", worker)
+            pipe.execute()
+
+    def check_lost_writes(self, *, margin: int) -> bool:
+        """Whether Redis restarted since the store last looked (its run_id changed): then
+        it may have lost its last writes, and every unfinished job's next `margin` batches
+        are marked possibly sent. The first look only records the run_id."""
+        with _store_errors():
+            try:
+                run_id = str(self.redis.info("server").get("run_id", ""))
+            except redis.ResponseError:
+                return False  # INFO disabled (some managed Redis, fakeredis): cannot tell
+            seen = self.redis.hget(self.keys.store, "run_id")
+            if seen is not None and _text(seen) == run_id:
+                return False
+            if seen is not None:
+                self.scripts["lost_writes"](args=[self.keys.prefix, margin])
+            self.redis.hset(self.keys.store, "run_id", run_id)
+        return seen is not None
 
     # -- controls ----------------------------------------------------------------------
 
     def pause(self, job_id: str) -> bool:
         """Pause a queued or running job; False if it is in another state."""
         self.status(job_id)
-        with _store_errors():
-            return bool(self._pause(keys=self.keys.job_keys(job_id)))
+        return bool(self._job("pause", job_id, []))
 
-    def resume(self, job_id: str) -> list[int] | Literal["start"]:
+    def resume(self, job_id: str) -> bool:
         """Resume a paused job, or re-attempt the not-attempted ids of a failed or
-        cancelled one. Returns the batches to publish, or 'start' (send the start task)."""
+        cancelled one; False if the job is in no state to resume."""
         self.status(job_id)
-        with _store_errors():
-            reply = self._resume(keys=self.keys.job_keys(job_id), args=[self.window])
-        if reply and _text(reply[0]) == "start":
-            return "start"
-        return [int(_text(j)) for j in reply]
+        return bool(self._job("resume", job_id, []))
 
-    def stalled(self, job_id: str, *, stale_s: float) -> list[int] | Literal["start"]:
-        """Batches of the job queued more than `stale_s` ago, unowned and unfinished (their
-        message was lost): re-stamped and returned for publishing; 'start' for a queued
-        job whose start task never ran."""
+    def active_jobs(self) -> list[str]:
+        """Every unfinished job (queued, running, paused, stopping), oldest first."""
         with _store_errors():
-            reply = self._stalled(
-                keys=self.keys.job_keys(job_id),
-                args=[int(stale_s * 1000), self.keys.lease(job_id, 0)[:-1]],
-            )
-        if reply and _text(reply[0]) == "start":
-            return "start"
-        return [int(_text(j)) for j in reply]
-
-    def jobs_in_states(self, states: frozenset[str], limit: int = 1_000) -> list[str]:
-        """Ids of the `limit` newest jobs whose state is in `states`."""
-        ids = self.recent_jobs(limit)
-        with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hget(self.keys.job(job_id), "state")
-            found = pipe.execute()
-        return [j for j, st in zip(ids, found, strict=True) if st and _text(st) in states]
+            return [_text(j) for j in self.redis.zrange(self.keys.active, 0, -1)]
 
     # -- readers -----------------------------------------------------------------------
 
@@ -466,7 +505,9 @@ class JobStore:
         job has expired (it is not recreated)."""
         with _store_errors():
             return bool(
-                self._set_if_exists(keys=[self.keys.job(job_id)], args=["retried_by", retry_id])
+                self.scripts["set_if_exists"](
+                    keys=[self.keys.job(job_id)], args=["retried_by", retry_id]
+                )
             )
 
     def list_jobs(
@@ -522,18 +563,22 @@ class JobStore:
         with _store_errors():
             return {_text(a) for a in self.redis.smembers(self.keys.aliases)}
 
-    def iter_outcomes(self, job_id: str, *, batches_per_call: int = 50) -> Iterator[Outcome]:
-        """Every unique id of the job with its outcome (deleted, already_absent, failed,
+    def iter_outcomes(self, job_id: str, *, batches_per_call: int = 50) -> Iterator[OutcomeRow]:
+        """Every unique id of the job with its outcome (deleted, not_found, failed,
         not_attempted, or pending), batch by batch, in flat memory; invalid ids last."""
         for row in self.iter_report(job_id, batches_per_call=batches_per_call):
-            yield Outcome(row.media_id, row.outcome, row.reason)
+            yield OutcomeRow(row.media_id, row.outcome, row.reason)
 
     def iter_report(self, job_id: str, *, batches_per_call: int = 50) -> Iterator[ReportRow]:
         """`iter_outcomes` with each id's API operation id: a completion report, streamed
         `batches_per_call` batches per round trip (a 10M-id job never sits in memory)."""
         status = self.status(job_id)
         keys = self.keys
-        skipped_from = int(_text(self.redis.hget(keys.job(job_id), "skipped_from") or b"-1"))
+        with _store_errors():
+            first_skipped, stop_reason = self.redis.hmget(
+                keys.job(job_id), "skipped_from", "stop_reason"
+            )
+        skipped_from = int(_text(first_skipped or b"-1"))
         for first in range(0, status.batches_total, batches_per_call):
             indices = range(first, min(first + batches_per_call, status.batches_total))
             with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
@@ -545,7 +590,7 @@ class JobStore:
             for index, ids_packed, op, mask in zip(indices, packed, ops, bits, strict=True):
                 ids = _text(ids_packed).split("\n")
                 if 0 <= skipped_from <= index:
-                    skipped = status.last_error or ""
+                    skipped = _text(stop_reason or b"")
                     yield from (ReportRow(i, "not_attempted", skipped, "") for i in ids)
                     continue
                 for outcome in self._batch_outcomes(job_id, ids, mask):
@@ -556,25 +601,25 @@ class JobStore:
                 if _text(reason) == "invalid_id":
                     yield ReportRow(_text(media_id), "failed", "invalid_id", "")
 
-    def _batch_outcomes(self, job_id: str, ids: list[str], mask: bytes) -> Iterator[Outcome]:
+    def _batch_outcomes(self, job_id: str, ids: list[str], mask: bytes) -> Iterator[OutcomeRow]:
         keys = self.keys
         with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(keys.job(job_id, "failed"), ids)
-            pipe.smismember(keys.job(job_id, "absent"), ids)
-            pipe.hmget(keys.job(job_id, "skipped"), ids)
-            failed, absent, skipped = pipe.execute()
+            pipe.smismember(keys.job(job_id, "not_found"), ids)
+            pipe.hmget(keys.job(job_id, "not_attempted"), ids)
+            failed, not_found, skipped = pipe.execute()
         for pos, media_id in enumerate(ids):
             resolved = pos // 8 < len(mask) and mask[pos // 8] >> (7 - pos % 8) & 1
             if not resolved:
-                yield Outcome(media_id, "pending", "")
+                yield OutcomeRow(media_id, "pending", "")
             elif failed[pos] is not None:
-                yield Outcome(media_id, "failed", _text(failed[pos]))
-            elif absent[pos]:
-                yield Outcome(media_id, "already_absent", "")
+                yield OutcomeRow(media_id, "failed", _text(failed[pos]))
+            elif not_found[pos]:
+                yield OutcomeRow(media_id, "not_found", "")
             elif skipped[pos] is not None:
-                yield Outcome(media_id, "not_attempted", _text(skipped[pos]).split("|", 1)[-1])
+                yield OutcomeRow(media_id, "not_attempted", _text(skipped[pos]).split("|", 1)[-1])
             else:
-                yield Outcome(media_id, "deleted", "")
+                yield OutcomeRow(media_id, "deleted", "")
 
     def recent_jobs(self, limit: int = 50) -> list[str]:
         """Ids of the newest jobs, newest first."""
@@ -593,18 +638,21 @@ class JobStore:
 
 def _to_status(record: dict[Any, Any], reasons: dict[Any, Any]) -> JobStatus:
     fields = {_text(k): _text(v) for k, v in record.items()}
-    data: dict[str, Any] = {k: v for k, v in fields.items() if k not in _INT_FIELDS}
-    data.update({k: int(v) for k, v in fields.items() if k in _INT_FIELDS})
+    data: dict[str, Any] = {k: v for k, v in fields.items() if k not in INT_FIELDS}
+    data.update({k: int(v) for k, v in fields.items() if k in INT_FIELDS})
     for stamp in ("created_at", "queued_at", "started_at", "finished_at"):
         if stamp in fields:
             data[stamp] = int(fields[stamp]) / 1000
-    data["total"] = int(fields.get("unique", 0))
     data["reason"] = fields.get("reason") or None
     data["last_error"] = fields.get("last_error") or None
     for link in ("sweep", "retry_of", "retried_by"):
         data[link] = fields.get(link) or None
     data["failure_reasons"] = {_text(k): int(v) for k, v in reasons.items()}
     return JobStatus.model_validate(data)
+
+
+def _rate_text(rate: float | str) -> str:
+    return "auto" if rate == "auto" else repr(float(rate))
 
 
 def _text(value: Any) -> str:

@@ -1,12 +1,7 @@
--- Shared prelude of the job scripts (prepended by store.py; Lua has no includes).
--- KEYS follow keys.Keys.job_keys(): the record, then one key per JOB_SUFFIXES entry,
--- then the scripts' own extra keys. Scripts check first and write last: Redis does not
--- roll back the writes made before a runtime error.
-local K_JOB, K_BATCHES, K_RESOLVED, K_FAILED, K_ABSENT, K_SKIPPED, K_REASONS =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local K_CLAIMS, K_ATTEMPTS, K_UNCERTAIN, K_OPS, K_DONE = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local K_INFLIGHT, K_PARKED = KEYS[13], KEYS[14]
-local N_JOB_KEYS = 14
+-- Shared prelude of the job scripts (prepended by store.py after the generated header,
+-- which declares K_JOB, K_BATCHES, ... from keys.JOB_SUFFIXES, `bind(keys)` and
+-- `job_keys(prefix, id)`; Lua has no includes). Scripts check first and write last:
+-- Redis does not roll back the writes made before a runtime error.
 local STRIDE = 128
 
 local function now_ms()
@@ -16,6 +11,11 @@ end
 
 local function hnum(key, field)
   return tonumber(redis.call('HGET', key, field) or '0') or 0
+end
+
+-- The key prefix, read off the record's name ('<prefix>:job:<id>'; ids have no ':').
+local function prefix()
+  return string.match(K_JOB, '^(.*):job:[^:]+$')
 end
 
 -- Ids in a batch: every batch is full but the last one.
@@ -29,21 +29,36 @@ local function resolved_count(index)
   return redis.call('BITCOUNT', K_RESOLVED, first, first + STRIDE / 8 - 1)
 end
 
--- Reserve up to `window` batches in flight; returns the first index and how many.
--- Each is stamped in the in-flight set, where the watchdog finds messages that were lost.
-local function reserve(window)
-  local total, dispatched = hnum(K_JOB, 'batches_total'), hnum(K_JOB, 'dispatched')
-  local in_flight = dispatched - hnum(K_JOB, 'batches_done')
-  local n = math.min(window - in_flight, total - dispatched)
-  if n <= 0 then return dispatched, 0 end
-  redis.call('HINCRBY', K_JOB, 'dispatched', n)
-  local at = now_ms()
-  for j = dispatched, dispatched + n - 1 do redis.call('ZADD', K_INFLIGHT, at, j) end
-  return dispatched, n
+local function batch_ids(index)
+  local ids = {}
+  for id in string.gmatch(redis.call('HGET', K_BATCHES, index) or '', '[^\n]+') do
+    ids[#ids + 1] = id
+  end
+  return ids
+end
+
+local function is_resolved(index, pos)
+  return redis.call('GETBIT', K_RESOLVED, index * STRIDE + pos) == 1
+end
+
+-- Give id `pos` of batch `index` its outcome, the first time only. Returns 1 if it did.
+-- outcome: deleted | not_found | failed | not_attempted (reason for the last two).
+local function resolve(index, pos, id, outcome, reason)
+  if redis.call('SETBIT', K_RESOLVED, index * STRIDE + pos, 1) == 1 then return 0 end
+  if outcome == 'not_found' then
+    redis.call('SADD', K_NOT_FOUND, id)
+  elseif outcome == 'failed' then
+    redis.call('HSET', K_FAILED, id, reason)
+    redis.call('HINCRBY', K_REASONS, reason, 1)
+  elseif outcome == 'not_attempted' then
+    redis.call('HSET', K_NOT_ATTEMPTED, id, index .. '|' .. reason)
+  end
+  redis.call('HINCRBY', K_JOB, outcome, 1)
+  return 1
 end
 
 -- Marks the job finished exactly once, when its last batch is done. Returns 1 if it did.
-local function finish_if_complete(retention_s, events_key)
+local function finish_if_complete()
   if hnum(K_JOB, 'batches_done') < hnum(K_JOB, 'batches_total') then return 0 end
   if not redis.call('SET', K_DONE, '1', 'NX') then return 0 end
   local state = redis.call('HGET', K_JOB, 'state')
@@ -52,12 +67,40 @@ local function finish_if_complete(retention_s, events_key)
   else
     state = 'completed'
   end
-  local at = now_ms()
+  local at, p = now_ms(), prefix()
+  local job_id = redis.call('HGET', K_JOB, 'job_id')
   redis.call('HSET', K_JOB, 'state', state, 'finished_at', at)
-  redis.call('DEL', K_INFLIGHT, K_PARKED)
-  for i = 1, N_JOB_KEYS do redis.call('EXPIRE', KEYS[i], retention_s) end
-  redis.call('LPUSH', events_key, cjson.encode({
-    job_id = redis.call('HGET', K_JOB, 'job_id'), state = state, finished_at = at}))
-  redis.call('LTRIM', events_key, 0, 999)
+  redis.call('ZREM', p .. ':run:' .. (redis.call('HGET', K_JOB, 'priority') or 'normal'), job_id)
+  redis.call('ZREM', p .. ':active', job_id)
+  redis.call('DEL', K_PENDING, K_OWNERS)
+  local retention = hnum(K_JOB, 'retention_s')
+  for _, key in ipairs(job_keys(p, job_id)) do redis.call('EXPIRE', key, retention) end
+  redis.call('LPUSH', p .. ':events', cjson.encode({job_id = job_id, state = state, finished_at = at}))
+  redis.call('LTRIM', p .. ':events', 0, 999)
   return 1
+end
+
+-- Batch `index` has every id's outcome: it leaves the pending set; the job may be done.
+local function batch_finished(index)
+  -- Only a pending batch can finish: whatever calls this twice counts it once.
+  if redis.call('ZREM', K_PENDING, index) == 0 then return 0 end
+  redis.call('HDEL', K_OWNERS, index)
+  redis.call('HDEL', K_RUNS, index)
+  redis.call('HINCRBY', K_JOB, 'batches_done', 1)
+  return finish_if_complete()
+end
+
+-- Every id of batch `index` still without an outcome gets `outcome` with `reason`.
+-- Returns {ids given it, 1 if the job finished}.
+local function close_batch(index, outcome, reason)
+  local n = 0
+  for pos, id in ipairs(batch_ids(index)) do n = n + resolve(index, pos - 1, id, outcome, reason) end
+  return {n, batch_finished(index)}
+end
+
+-- The reply of a script as a flat list of name/value pairs (store.py reads it by name).
+local function record(t)
+  local out = {}
+  for k, v in pairs(t) do out[#out + 1] = k; out[#out + 1] = tostring(v) end
+  return out
 end

@@ -1,22 +1,30 @@
 -- Stop a job that has not finished: it ends in state ARGV[1] ('failed' or 'cancelled')
--- with error ARGV[2]. Batches never dispatched are counted not attempted at once; the job
--- is 'stopping' until the batches in flight, seeing that state at their claim, have
--- committed their remaining ids as not attempted.
--- Extra KEYS: [N+1] events.  ARGV: state, error, retention_s.  Returns 1 if it stopped the job.
+-- with error ARGV[2]. Batches never taken are counted not attempted at once, and so are
+-- batches handed back that no request was ever sent for. Batches a request may have been
+-- sent for are taken once more, to confirm what became of their ids (never guessed
+-- not_attempted: the API may have deleted them). The job is 'stopping' until then.
+-- ARGV: state, error, reason given to ids not attempted.  Returns 1 if it stopped the job.
 local state = redis.call('HGET', K_JOB, 'state')
 if state ~= 'queued' and state ~= 'running' and state ~= 'paused' then return 0 end
+local now = now_ms()
 redis.call('HSET', K_JOB, 'state', 'stopping', 'stop_state', ARGV[1], 'last_error', ARGV[2],
-  'stopped_at', now_ms())
-local total, dispatched = hnum(K_JOB, 'batches_total'), hnum(K_JOB, 'dispatched')
-if dispatched < total then
+  'stop_reason', ARGV[3], 'stopped_at', now)
+local total, next = hnum(K_JOB, 'batches_total'), hnum(K_JOB, 'next')
+if next < total then
   local size = hnum(K_JOB, 'batch_size')
-  redis.call('HSET', K_JOB, 'skipped_from', dispatched, 'dispatched', total)
-  redis.call('HINCRBY', K_JOB, 'not_attempted', hnum(K_JOB, 'valid') - size * dispatched)
-  redis.call('HINCRBY', K_JOB, 'batches_done', total - dispatched)
+  redis.call('HSET', K_JOB, 'skipped_from', next, 'next', total)
+  redis.call('HINCRBY', K_JOB, 'not_attempted', hnum(K_JOB, 'valid') - size * next)
+  redis.call('HINCRBY', K_JOB, 'batches_done', total - next)
 end
--- Parked batches (a paused job) have no message: stamp them long lost, so the next look
--- of the watchdog (or the cancel command, at once) publishes them to be skipped.
-for _, j in ipairs(redis.call('SMEMBERS', K_PARKED)) do redis.call('ZADD', K_INFLIGHT, 0, j) end
-redis.call('DEL', K_PARKED)
-finish_if_complete(ARGV[3], KEYS[N_JOB_KEYS + 1])
+for _, j in ipairs(redis.call('ZRANGEBYSCORE', K_PENDING, '-inf', now)) do
+  local index = tonumber(j)
+  if redis.call('HEXISTS', K_OWNERS, index) == 0 and redis.call('SISMEMBER', K_SENT, index) == 0 then
+    close_batch(index, 'not_attempted', ARGV[3])
+  end
+end
+if finish_if_complete() == 0 then
+  -- Runs must see the stop (and confirm possibly sent batches), paused or not.
+  redis.call('ZADD', prefix() .. ':run:' .. (redis.call('HGET', K_JOB, 'priority') or 'normal'),
+             'NX', 0, redis.call('HGET', K_JOB, 'job_id'))
+end
 return 1

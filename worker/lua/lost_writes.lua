@@ -1,0 +1,14 @@
+-- The store may have lost its last writes (Redis restarted: AOF everysec loses up to a
+-- second, a failover loses what the replica had not received). Batches taken in that
+-- window may have been sent while the store no longer says so: for every unfinished job,
+-- mark the next ARGV[2] batches after its frontier as possibly sent, so that a stop never
+-- counts them not_attempted unconfirmed. ARGV: prefix, margin (batches). Returns jobs marked.
+local P, margin = ARGV[1], tonumber(ARGV[2])
+local marked = 0
+for _, job in ipairs(redis.call('ZRANGE', P .. ':active', 0, -1)) do
+  bind(job_keys(P, job))
+  local next, total = hnum(K_JOB, 'next'), hnum(K_JOB, 'batches_total')
+  for index = next, math.min(total, next + margin) - 1 do redis.call('SADD', K_SENT, index) end
+  if total > next then marked = marked + 1 end
+end
+return marked

@@ -200,12 +200,12 @@ class BatchRun:
         ctx, settings = self.ctx, self.ctx.settings
         if ctx.shutting_down():
             raise _HandBack(0.0, "worker shutting down")
-        if first and self.taken.wait_s <= 0:
-            return  # the take reserved a slot for now and leased the batch just now
         if first:
+            metrics.record_limiter_wait(self.taken.wait_s)
+            if self.taken.wait_s <= 0:
+                return  # the take reserved a slot for now and leased the batch just now
             ctx.sleep(self.taken.wait_s)
             self.stats.wait_s += self.taken.wait_s
-            metrics.record_limiter_wait(self.taken.wait_s)
         self._renew()
         if not first:
             try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -22,11 +23,11 @@ import producers.cli
 import producers.submit
 from worker import settings as settings_module
 from worker.api import WicksonClient
-from worker.batch import BatchRun
+from worker.batch import BatchRun, RunContext
 from worker.keys import Keys
 from worker.ratelimit import FleetLimiter
 from worker.settings import Settings
-from worker.store import BATCH_SIZE, JobStore
+from worker.store import BATCH_SIZE, BatchCommit, JobStore, Priority, Taken
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -95,8 +96,8 @@ def fake_redis() -> Iterator[fakeredis.FakeRedis]:
 
 @pytest.fixture
 def store(fake_redis: fakeredis.FakeRedis, clock: FakeClock) -> JobStore:
-    """A JobStore on the fake Redis: window 4, retention one day."""
-    return JobStore(fake_redis, retention_s=86_400, window=4)
+    """A JobStore on the fake Redis, retention one day."""
+    return JobStore(fake_redis, retention_s=86_400)
 
 
 def stage_and_seal(
@@ -105,11 +106,12 @@ def stage_and_seal(
     *,
     invalid: dict[str, str] | None = None,
     reason: str | None = "test purge",
-    start: bool = True,
+    priority: Priority = "normal",
+    key_alias: str = "default",
 ) -> str:
-    """A job of `ids` (already unique and valid) staged in batches of 100 and sealed; started
-    unless `start` is False. Returns the job id."""
-    job_id, created = store.create(reason=reason)
+    """A job of `ids` (already unique and valid) staged in batches of 100 and sealed (so
+    runnable). Returns the job id."""
+    job_id, created = store.create(reason=reason, priority=priority, key_alias=key_alias)
     assert created
     batches = [list(ids[i : i + BATCH_SIZE]) for i in range(0, len(ids), BATCH_SIZE)]
     new_invalid = store.stage(job_id, 0, batches, invalid or {})
@@ -120,21 +122,19 @@ def stage_and_seal(
         invalid=new_invalid,
         submitted=len(ids) + len(invalid or {}),
     )
-    if start:
-        store.start(job_id)
     return job_id
 
 
 @pytest.fixture(scope="session")
 def seal_job() -> Callable[..., str]:
-    """`seal_job(store, ids, invalid=None, reason=..., start=True)` (session-scoped, so
-    hypothesis tests may use it): stage, seal (and start) a job on any store."""
+    """`seal_job(store, ids, invalid=None, reason=..., priority=...)` (session-scoped, so
+    hypothesis tests may use it): stage and seal a job on any store."""
     return stage_and_seal
 
 
 @pytest.fixture
 def make_job(store: JobStore) -> Callable[..., str]:
-    """`make_job(ids, invalid=None, reason=..., start=True)`: stage, seal (and start) a job."""
+    """`make_job(ids, invalid=None, reason=..., priority=...)`: stage and seal a job."""
 
     def make(ids: Sequence[str], **kwargs: Any) -> str:
         return stage_and_seal(store, ids, **kwargs)
@@ -327,7 +327,6 @@ def unit_settings(**overrides: Any) -> Settings:
         "max_attempts": 8,
         "lease_s": 60.0,
         "max_deliveries": 5,
-        "dispatch_window": 4,
         "job_retention_s": 86_400,
     }
     values.update(overrides)
@@ -352,27 +351,49 @@ def limiter(fake_redis: fakeredis.FakeRedis, clock: FakeClock) -> FleetLimiter:
     return FleetLimiter(fake_redis, Keys().limiter(), rate=1_000.0, sleep=clock.sleep)
 
 
+def take(store: JobStore, owner: str = "run-1", settings: Settings | None = None) -> Taken:
+    """The next batch any run would take (fails the test if there is none)."""
+    settings = settings or unit_settings()
+    taken = store.take(
+        owner,
+        lease_s=settings.lease_s,
+        max_runs=settings.max_deliveries,
+        max_wait_s=settings.max_wait_in_task_s,
+        rate=settings.rate_limit,
+    )
+    assert isinstance(taken, Taken), f"no batch to take: {taken}"
+    return taken
+
+
+def commit_next(store: JobStore, commit: BatchCommit, job_id: str | None = None) -> Taken:
+    """Take the next batch (of `job_id`, if given: it must be the one taken) and commit
+    `commit` to it, as a run would. Returns what was taken."""
+    taken = take(store, f"t-{uuid.uuid4().hex[:6]}")
+    assert job_id is None or taken.job_id == job_id, (taken.job_id, job_id)
+    assert not store.commit(taken.job_id, taken.index, taken.token, commit).lost
+    return taken
+
+
 @pytest.fixture
 def make_run(
     store: JobStore, limiter: FleetLimiter, clock: FakeClock, make_client: Callable[..., Any]
 ) -> Callable[..., BatchRun]:
-    """`make_run(job_id, index, api, owner='run-1', **settings_overrides)`: a BatchRun whose
-    token is `owner`, with the fake store, the real limiter, and `api` (a FakeWickson)
-    behind MockTransport."""
+    """`make_run(api, owner='run-1', taken=None, **settings_overrides)`: a BatchRun of the
+    next batch any run would take (or of `taken`), with the fake store, the real limiter,
+    and `api` (a FakeWickson) behind MockTransport."""
 
     def make(
-        job_id: str, index: int, api: FakeWickson, owner: str = "run-1", **overrides: Any
+        api: FakeWickson, owner: str = "run-1", taken: Taken | None = None, **overrides: Any
     ) -> BatchRun:
-        return BatchRun(
-            job_id,
-            index,
-            owner,
+        settings = unit_settings(**overrides)
+        client = make_client(api)
+        ctx = RunContext(
             store=store,
-            limiter=limiter,
-            api=make_client(api),
-            settings=unit_settings(**overrides),
+            settings=settings,
+            tenant=lambda _alias: (client, limiter),
             sleep=clock.sleep,
         )
+        return BatchRun(taken or take(store, owner, settings), ctx)
 
     return make
 
@@ -387,7 +408,15 @@ def cli_store(monkeypatch: pytest.MonkeyPatch, store: JobStore, settings) -> Job
 
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """Start tasks the producer would send: (job id, priority), recorded, never sent."""
+    """Jobs made runnable by a submit that woke the fleet: (job id, priority), recorded;
+    no message is sent."""
     sent: list[tuple[str, str]] = []
-    monkeypatch.setattr(producers.submit, "send_start", lambda job, prio: sent.append((job, prio)))
+
+    def wake(store: JobStore) -> None:
+        known = {job for job, _ in sent}
+        for job in store.active_jobs():
+            if job not in known:
+                sent.append((job, store.status(job).priority))
+
+    monkeypatch.setattr(producers.submit, "wake", wake)
     return sent

@@ -261,10 +261,27 @@ def test_classify_error_unexpected_status_is_an_unknown_outcome(status: int) -> 
     assert exc.maybe_deleted is True
 
 
-def test_classify_error_message_is_bounded() -> None:
+def test_an_error_message_is_bounded(make_client, wickson) -> None:
     """A huge error message is cut to a few hundred characters."""
-    exc = classify_error(500, {}, error_body("PROCESSING_ERROR", "x" * 10_000))
-    assert len(str(exc)) <= 300
+    client = make_client(lambda _r: wickson.error(500, "PROCESSING_ERROR", "x" * 10_000))
+    with pytest.raises(ServerError) as info:
+        client.delete_batch(["vec-1"])
+    assert len(str(info.value)) <= 300
+
+
+@pytest.mark.parametrize("cut_at", [290, 295, 299])
+def test_a_key_echoed_across_the_cut_is_masked_before_cutting(
+    make_client, wickson, api_key: str, cut_at: int
+) -> None:
+    """The key is masked first, then the message cut: not even its first characters stay
+    (issue 12, case 5)."""
+    prefix = "500 PROCESSING_ERROR: "
+    message = "x" * (cut_at - len(prefix)) + f"key {api_key} refused"
+    client = make_client(lambda _r: wickson.error(500, "PROCESSING_ERROR", message))
+    with pytest.raises(ServerError) as info:
+        client.delete_batch(["vec-1"])
+    text = str(info.value)
+    assert api_key[:4] not in text.removeprefix(prefix).replace("x", "")
 
 
 # -- parse_retry_after / is_not_found ----------------------------------------------------

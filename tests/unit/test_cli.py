@@ -10,11 +10,12 @@ import fakeredis
 import pytest
 
 from producers import cli
+from tests.unit.conftest import commit_next, take
 from worker.store import BatchCommit, JobStore
 
 STATUS_KEYS = {
     "job_id", "state", "total", "deleted", "failed", "hd_vectors", "ld_vectors",
-    "batches_total", "batches_done", "failure_reasons", "already_absent",
+    "batches_total", "batches_done", "failure_reasons", "not_found",
 }  # fmt: skip
 
 
@@ -23,16 +24,13 @@ def finished_job(make_job, cli_store: JobStore, ids) -> str:
     """A completed job of 5 ids: 3 deleted, 2 failed (one reason with a comma and quotes),
     plus one invalid id."""
     job_id = make_job(ids(5), invalid={"bad id": "invalid_id"})
-    cli_store.commit(
-        job_id,
-        0,
-        "t",
+    commit_next(
+        cli_store,
         BatchCommit(
             deleted=[0, 1, 2],
-            failed=[(3, 'locked, by "legal"'), (4, "Media not found")],
-            hd_vectors=6,
-            ld_vectors=3,
-            final=True,
+            failed=[(3, 'locked, by "legal"'), (4, "Media locked")],
+            hd=6,
+            ld=3,
         ),
     )
     return job_id
@@ -51,11 +49,11 @@ def test_status_json_has_the_documented_keys(capsys, finished_job: str) -> None:
     data = json.loads(out)
     assert set(data) >= STATUS_KEYS
     assert (data["job_id"], data["state"], data["total"]) == (finished_job, "completed", 6)
-    assert (data["deleted"], data["failed"], data["already_absent"]) == (3, 3, 0)
+    assert (data["deleted"], data["failed"], data["not_found"]) == (3, 3, 0)
     assert (data["hd_vectors"], data["ld_vectors"]) == (6, 3)
     assert (data["batches_total"], data["batches_done"]) == (1, 1)
     assert data["failure_reasons"] == {
-        "invalid_id": 1, 'locked, by "legal"': 1, "Media not found": 1,
+        "invalid_id": 1, 'locked, by "legal"': 1, "Media locked": 1,
     }  # fmt: skip
 
 
@@ -75,7 +73,7 @@ def test_failures_jsonl_streams_one_object_per_failed_id(capsys, finished_job: s
     assert sorted((r["media_id"], r["reason"]) for r in rows) == [
         ("bad id", "invalid_id"),
         ("vec-000003", 'locked, by "legal"'),
-        ("vec-000004", "Media not found"),
+        ("vec-000004", "Media locked"),
     ]
 
 
@@ -88,7 +86,7 @@ def test_failures_csv_has_a_header_and_quotes_properly(capsys, finished_job: str
     assert sorted(map(tuple, rows[1:])) == [
         ("bad id", "invalid_id"),
         ("vec-000003", 'locked, by "legal"'),
-        ("vec-000004", "Media not found"),
+        ("vec-000004", "Media locked"),
     ]
 
 
@@ -145,12 +143,10 @@ def test_wait_exit_code_tells_how_the_job_ended(
     job_id = make_job(ids(2))
     if outcome == "failed":
         cli_store.stop(job_id, "failed", "INVALID_API_KEY")
-        commit = BatchCommit(skipped=[(0, "stopped"), (1, "stopped")], final=True)
     elif outcome == "with_failures":
-        commit = BatchCommit(deleted=[0], failed=[(1, "locked")], final=True)
+        commit_next(cli_store, BatchCommit(deleted=[0], failed=[(1, "locked")]))
     else:
-        commit = BatchCommit(deleted=[0, 1], final=True)
-    cli_store.commit(job_id, 0, "t", commit)
+        commit_next(cli_store, BatchCommit(deleted=[0, 1]))
     exit_code, out, _ = run(capsys, "wait", job_id, "--json")
     assert exit_code == code
     assert json.loads(out)["job_id"] == job_id
@@ -161,6 +157,8 @@ def test_cancel_stops_a_running_job_and_a_second_cancel_is_refused(
 ) -> None:
     """`cancel` stops a running job (exit 0); cancelling it again exits 2 saying why."""
     job_id = make_job(ids(1_000))
+    for _ in range(4):
+        take(cli_store, "a-run")  # 4 batches held by live runs; 6 never taken
     code, out, _ = run(capsys, "cancel", job_id)
     assert code == 0
     assert "stopping" in out
@@ -191,16 +189,15 @@ def test_submit_prints_the_job_id_and_reports_the_input(
 
     started: list[str] = []
     monkeypatch.setattr(cli, "get_settings", lambda: settings)
-    monkeypatch.setattr(
-        submit_module, "store_for", lambda s, client=None: JobStore(fake_redis, window=4)
-    )
-    monkeypatch.setattr(submit_module, "send_start", lambda job_id, *_: started.append(job_id))
+    monkeypatch.setattr(submit_module, "store_for", lambda s, client=None: JobStore(fake_redis))
+    monkeypatch.setattr(submit_module, "wake", lambda store: started.append("woken"))
     ids_file = tmp_path / "ids.txt"
     ids_file.write_bytes(b"media_id\nvec-1\nvec-2\nvec-1\nbad/id\n")
     code, out, err = run(capsys, "submit", str(ids_file), "--reason", "cleanup", "--json")
     assert code == 0
     job_id = json.loads(out)["job_id"]
-    assert started == [job_id]
+    assert started == ["woken"]
+    assert store.status(job_id).state == "queued"
     assert "line 5" in err
     assert "2 to delete" in err
     assert store.status(job_id).total == 3

@@ -102,7 +102,7 @@ def test_every_line_of_a_run_carries_job_batch_attempt_and_operation_id(
         lambda request: api.success(ids(10)[:5], {}),  # 5 unaccounted: sent again
         logged_answer,
     )
-    run = make_run(job_id, 0, api)
+    run = make_run(api)
     with batch_context(run):
         run.run()
     found = lines(log_stream)

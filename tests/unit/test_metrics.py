@@ -15,8 +15,8 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.unit.conftest import commit_next
 from worker import metrics
-from worker.errors import Deferred
 from worker.keys import Keys
 from worker.metrics import FleetCollector, committed, reason_class
 from worker.ratelimit import FleetLimiter
@@ -84,11 +84,11 @@ def test_free_text_reasons_map_to_a_few_classes(reason: str, expected: str) -> N
 def test_a_commit_counts_each_outcome_once() -> None:
     """A fresh commit counts every id by outcome; failed ones by reason class."""
     commit = BatchCommit(
-        deleted=[0, 1, 2], absent=[3], failed=[(4, "Media not found"), (5, "denied")]
+        deleted=[0, 1, 2], not_found=[3], failed=[(4, "Media not found"), (5, "denied")]
     )
     assert committed(commit, 6) == [
         ("deleted", None, 3),
-        ("already_absent", None, 1),
+        ("not_found", None, 1),
         ("failed", "not_found", 1),
         ("failed", "forbidden", 1),
     ]
@@ -96,7 +96,7 @@ def test_a_commit_counts_each_outcome_once() -> None:
 
 def test_a_replayed_commit_never_counts_more_than_the_store() -> None:
     """When the store took only some ids as new, the metrics count that many, no more."""
-    commit = BatchCommit(deleted=[0, 1, 2], skipped=[(3, "stopped")])
+    commit = BatchCommit(deleted=[0, 1, 2], not_attempted=[(3, "stopped")])
     assert sum(c.n for c in committed(commit, 2)) == 2
     assert committed(commit, 0) == []
 
@@ -109,7 +109,7 @@ def test_a_committed_run_counts_ids_batches_requests_and_waits(
 ) -> None:
     """Deleted and failed ids (by reason class), the run's verdict, the request and its
     latency, and the limiter wait all move when a run commits."""
-    job_id = make_job(ids(100))
+    make_job(ids(100))
     api = wickson(existing=ids(100)[:90])
     api.then(
         lambda request: api.success(
@@ -121,17 +121,17 @@ def test_a_committed_run_counts_ids_batches_requests_and_waits(
         ("wickson_purge_ids_total", {"outcome": "failed"}),
         ("wickson_purge_ids_failed_total", {"reason": "forbidden"}),
         ("wickson_purge_ids_failed_total", {"reason": "other"}),
-        ("wickson_purge_batch_runs_total", {"verdict": "ok"}),
+        ("wickson_purge_batch_runs_total", {"verdict": "done"}),
         ("wickson_purge_api_requests_total", {"result": "ok"}),
         ("wickson_purge_api_request_duration_seconds_count", {}),
         ("wickson_purge_limiter_wait_seconds_count", {}),
     )
-    make_run(job_id, 0, api).run()
+    make_run(api).run()
     assert delta("wickson_purge_ids_total", outcome="deleted") == 88
     assert delta("wickson_purge_ids_total", outcome="failed") == 12
     assert delta("wickson_purge_ids_failed_total", reason="forbidden") == 1
     assert delta("wickson_purge_ids_failed_total", reason="other") == 11
-    assert delta("wickson_purge_batch_runs_total", verdict="ok") == 1
+    assert delta("wickson_purge_batch_runs_total", verdict="done") == 1
     assert delta("wickson_purge_api_requests_total", result="ok") == 1
     assert delta("wickson_purge_api_request_duration_seconds_count") == 1
     assert delta("wickson_purge_limiter_wait_seconds_count") == 1
@@ -141,7 +141,7 @@ def test_a_429_and_a_500_count_as_requests_and_the_500_as_a_retry(
     make_job, make_run, wickson, ids
 ) -> None:
     """A 429 counts as result=rate_limited, a 500 as server_error and a retry."""
-    job_id = make_job(ids(10))
+    make_job(ids(10))
     api = wickson(existing=ids(10))
     api.then(
         wickson.error(429, "RATE_LIMIT_EXCEEDED", headers={"Retry-After": "0.01"}),
@@ -153,7 +153,7 @@ def test_a_429_and_a_500_count_as_requests_and_the_500_as_a_retry(
         ("wickson_purge_retries_total", {"cause": "server_error"}),
         ("wickson_purge_api_request_duration_seconds_count", {}),
     )
-    make_run(job_id, 0, api).run()
+    make_run(api).run()
     assert delta("wickson_purge_api_requests_total", result="rate_limited") == 1
     assert delta("wickson_purge_api_requests_total", result="server_error") == 1
     assert delta("wickson_purge_retries_total", cause="server_error") == 1
@@ -170,22 +170,21 @@ def test_a_refused_key_counts_a_stopped_job_by_code(
         ("wickson_purge_ids_total", {"outcome": "not_attempted"}),
         ("wickson_purge_api_requests_total", {"result": "auth_failed"}),
     )
-    make_run(job_id, 0, wickson(existing=ids(10), key="another-key")).run()
+    make_run(wickson(existing=ids(10), key="another-key")).run()
     assert store.status(job_id).state == "failed"
     assert delta("wickson_purge_jobs_stopped_total", code="INVALID_API_KEY") == 1
     assert delta("wickson_purge_ids_total", outcome="not_attempted") == 10
     assert delta("wickson_purge_api_requests_total", result="auth_failed") == 1
 
 
-def test_a_deferred_run_counts_as_deferred(make_job, make_run, wickson, ids) -> None:
-    """A run that must come back later (a long Retry-After) counts verdict=deferred."""
-    job_id = make_job(ids(10))
+def test_a_handed_back_run_counts_as_handed_back(make_job, make_run, wickson, ids) -> None:
+    """A run that hands its batch back (a long Retry-After) counts verdict=handed_back."""
+    make_job(ids(10))
     api = wickson(existing=ids(10))
     api.then(*[wickson.error(429, "RATE_LIMIT_EXCEEDED", headers={"Retry-After": "60"})])
-    delta = watch("wickson_purge_batch_runs_total", verdict="deferred")
-    with pytest.raises(Deferred):
-        make_run(job_id, 0, api).run()
-    assert delta("wickson_purge_batch_runs_total", verdict="deferred") == 1
+    delta = watch("wickson_purge_batch_runs_total", verdict="handed_back")
+    assert make_run(api).run() == "handed_back"
+    assert delta("wickson_purge_batch_runs_total", verdict="handed_back") == 1
 
 
 # -- the fleet collector ---------------------------------------------------------------------
@@ -209,10 +208,10 @@ def test_the_collector_reports_jobs_by_state_and_running_progress(
 ) -> None:
     """Jobs by state (every state present, 0 included); done/total of running jobs only."""
     running = make_job(ids(150))
-    make_job(ids(5), start=False)  # queued
-    finished = make_job(ids(3))
-    store.commit(finished, 0, "t", BatchCommit(deleted=[0, 1, 2], final=True))
-    store.commit(running, 0, "t", BatchCommit(deleted=list(range(40))))
+    commit_next(store, BatchCommit(deleted=list(range(40))), running)
+    finished = make_job(ids(3), priority="high")
+    commit_next(store, BatchCommit(deleted=[0, 1, 2]), finished)
+    make_job(ids(5), priority="low")  # queued: taken after the others
     found = exposition(collector)
     jobs = {dict(k)["state"]: v for k, v in found["wickson_purge_jobs"].items()}
     assert jobs == {**dict.fromkeys(metrics.JOB_STATES, 0), "running": 1, "queued": 1,
@@ -265,13 +264,13 @@ def test_the_api_key_never_appears_in_the_exposition(
     make_job, make_run, wickson, ids, api_key: str, collector: FleetCollector
 ) -> None:
     """Reasons and errors that echo the key are counted by class: the text never has it."""
-    job_id = make_job(ids(20))
+    make_job(ids(20))
     api = wickson(existing=ids(20)[:10])
     api.then(
         wickson.error(500, "PROCESSING_ERROR", f"bad key {api_key}"),
         lambda request: api.success(ids(20)[:10], dict.fromkeys(ids(20)[10:], f"no {api_key}")),
     )
-    make_run(job_id, 0, api).run()
+    make_run(api).run()
     text = generate_latest(REGISTRY).decode() + generate_latest(_registry(collector)).decode()
     assert "wickson_purge_ids_failed_total" in text
     assert api_key not in text
@@ -359,7 +358,7 @@ def test_prefork_children_add_up_in_multiprocess_mode(tmp_path: Path) -> None:
         from worker import metrics
 
         def child():
-            metrics.record_run("ok")
+            metrics.record_run("done")
             metrics.record_request(0.2, None)
 
         procs = [multiprocessing.get_context("fork").Process(target=child) for _ in range(3)]
@@ -380,6 +379,6 @@ def test_prefork_children_add_up_in_multiprocess_mode(tmp_path: Path) -> None:
         for family in text_string_to_metric_families(out)
         for s in family.samples
     }
-    assert samples[("wickson_purge_batch_runs_total", (("verdict", "ok"),))] == 3
+    assert samples[("wickson_purge_batch_runs_total", (("verdict", "done"),))] == 3
     assert samples[("wickson_purge_api_request_duration_seconds_count", ())] == 3
     assert len(list(tmp_path.glob("counter_*.db"))) >= 3

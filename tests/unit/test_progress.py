@@ -21,6 +21,7 @@ from producers.progress import (
     format_duration,
     progress_line,
 )
+from tests.unit.conftest import commit_next
 from worker.keys import Keys
 from worker.ratelimit import FleetLimiter
 from worker.store import BatchCommit, JobStatus, JobStore
@@ -94,9 +95,9 @@ def test_durations_read_like_a_clock(seconds: float | None, text: str) -> None:
 
 
 def test_a_plain_line_has_every_number() -> None:
-    """done/total, ids/s, ETA, deleted, failed, absent, 429s and throttled time."""
+    """done/total, ids/s, ETA, deleted, failed, not found, 429s and throttled time."""
     line = progress_line(
-        status(done=500, deleted=480, failed=10, already_absent=10, rate_limited=7),
+        status(done=500, deleted=480, failed=10, not_found=10, rate_limited=7),
         250.0,
         eta=2.0,
         throttled_s=1.5,
@@ -107,7 +108,7 @@ def test_a_plain_line_has_every_number() -> None:
         "ETA 2s",
         "deleted 480",
         "failed 10",
-        "already absent 10",
+        "not found 10",
         "429s 7",
         "throttled 1.5s",
     ):
@@ -173,7 +174,7 @@ def finish_on_poll(monkeypatch: pytest.MonkeyPatch, cli_store: JobStore) -> Call
     def arm(job_id: str) -> None:
         def sleep(_seconds: float) -> None:
             n = cli_store.status(job_id).total
-            cli_store.commit(job_id, 0, "w", BatchCommit(deleted=list(range(n)), final=True))
+            commit_next(cli_store, BatchCommit(deleted=list(range(n))), job_id)
 
         monkeypatch.setattr(submit_module.time, "sleep", sleep)
 

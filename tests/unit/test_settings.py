@@ -31,8 +31,8 @@ def test_defaults_without_any_environment() -> None:
     assert (s.rate_limit, s.rate_burst) == (10.0, 1)
     assert (s.request_timeout_s, s.shutdown_grace_s) == (15.0, 25.0)
     assert (s.max_attempts, s.backoff_base_s, s.backoff_cap_s) == (8, 0.5, 30.0)
-    assert (s.max_wait_in_task_s, s.visibility_timeout_s, s.lease_s) == (5.0, 3_600, 300.0)
-    assert (s.max_deliveries, s.dispatch_window) == (5, 256)
+    assert (s.max_wait_in_task_s, s.visibility_timeout_s, s.lease_s) == (5.0, 3_600, 20.0)
+    assert (s.max_deliveries, s.slice_s, s.keeper_interval_s) == (5, 10.0, 2.0)
     assert s.job_retention_s == 7 * 24 * 3_600
     assert s.max_job_ids == 50_000_000
     assert s.key_prefix == "wp"
@@ -55,7 +55,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
         "WICKSON_VISIBILITY_TIMEOUT_S": "1200",
         "WICKSON_LEASE_S": "120",
         "WICKSON_MAX_DELIVERIES": "7",
-        "WICKSON_DISPATCH_WINDOW": "16",
+        "WICKSON_SLICE_S": "16",
         "WICKSON_JOB_RETENTION_S": "3600",
         "WICKSON_MAX_JOB_IDS": "1000",
         "WICKSON_KEY_PREFIX": "purge-test",
@@ -71,7 +71,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     assert (s.request_timeout_s, s.shutdown_grace_s) == (9.0, 20.0)
     assert (s.max_attempts, s.backoff_base_s, s.backoff_cap_s) == (3, 0.25, 10.0)
     assert (s.max_wait_in_task_s, s.visibility_timeout_s, s.lease_s) == (2.0, 1_200, 120.0)
-    assert (s.max_deliveries, s.dispatch_window) == (7, 16)
+    assert (s.max_deliveries, s.slice_s) == (7, 16.0)
     assert (s.job_retention_s, s.max_job_ids, s.key_prefix) == (3_600, 1_000, "purge-test")
 
 
@@ -135,7 +135,7 @@ def test_a_bad_redis_url_names_the_variable_the_user_set(monkeypatch: pytest.Mon
         {"WICKSON_RATE_LIMIT": "abc"},
         {"WICKSON_API_URL": "nope"},
         {"WICKSON_REQUEST_TIMEOUT_S": "30"},  # a cross-field rule: its input is every value
-        {"WICKSON_VISIBILITY_TIMEOUT_S": "100"},
+        {"WICKSON_VISIBILITY_TIMEOUT_S": "50"},
         {"WICKSON_RATE_LIMIT": "abc", "REDIS_URL": "http://x", "WICKSON_MAX_ATTEMPTS": "-1"},
     ],
     ids=["number", "url", "timeout-vs-grace", "visibility", "many"],
@@ -154,25 +154,28 @@ def test_the_api_key_never_appears_in_a_refusal(
     assert SECRET not in "".join(traceback.format_exception(info.value))
 
 
-def test_visibility_timeout_shorter_than_twice_the_longest_wait_is_refused(
+def test_visibility_timeout_shorter_than_twice_a_drain_hold_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The visibility timeout must be at least twice the longest wait (here the lease)."""
-    message = refusal(monkeypatch, WICKSON_LEASE_S="300", WICKSON_VISIBILITY_TIMEOUT_S="599")
+    """The visibility timeout must be at least twice a drain message's hold (slice + lease)."""
+    message = refusal(monkeypatch, WICKSON_LEASE_S="290", WICKSON_VISIBILITY_TIMEOUT_S="599")
     assert "WICKSON_VISIBILITY_TIMEOUT_S" in message
     monkeypatch.setenv("WICKSON_VISIBILITY_TIMEOUT_S", "600")
     assert load_settings().visibility_timeout_s == 600
 
 
-def test_visibility_timeout_also_covers_the_backoff_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A backoff cap longer than the lease needs twice its length of visibility timeout."""
-    message = refusal(
-        monkeypatch,
-        WICKSON_LEASE_S="60",
-        WICKSON_BACKOFF_CAP_S="400",
-        WICKSON_VISIBILITY_TIMEOUT_S="799",
-    )
-    assert "WICKSON_VISIBILITY_TIMEOUT_S" in message
+def test_a_lease_shorter_than_a_request_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request must end before its lease lapses: lease < timeout + 5 s is refused."""
+    message = refusal(monkeypatch, WICKSON_LEASE_S="19", WICKSON_REQUEST_TIMEOUT_S="15")
+    assert "WICKSON_LEASE_S" in message
+    assert "WICKSON_REQUEST_TIMEOUT_S" in message
+
+
+def test_a_redis_url_password_never_appears_in_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A REDIS_URL that fails validation is echoed with its user and password masked."""
+    message = refusal(monkeypatch, REDIS_URL="redis//:s3cretpw@127.0.0.1:6379/0")
+    assert "s3cretpw" not in message
+    assert "127.0.0.1:6379" in message
 
 
 @pytest.mark.parametrize(("timeout", "grace"), [("25", "25"), ("30", "25")])
@@ -193,6 +196,7 @@ def test_request_timeout_just_under_the_grace_is_accepted(
     """A timeout shorter than the grace is fine."""
     monkeypatch.setenv("WICKSON_REQUEST_TIMEOUT_S", "24.9")
     monkeypatch.setenv("WICKSON_SHUTDOWN_GRACE_S", "25")
+    monkeypatch.setenv("WICKSON_LEASE_S", "30")
     assert load_settings().request_timeout_s == 24.9
 
 

@@ -10,13 +10,14 @@ from worker.store import JobStore
 
 
 class StartRecorder:
-    """Stands in for the start task: records the jobs it was asked to start."""
+    """Stands in for the fleet's wake-up: records the runnable jobs at each call."""
 
     def __init__(self) -> None:
         self.started: list[str] = []
 
-    def __call__(self, job_id: str) -> None:
-        self.started.append(job_id)
+    def __call__(self, store: JobStore) -> None:
+        known = set(self.started)
+        self.started.extend(j for j in store.active_jobs() if j not in known)
 
 
 @pytest.fixture

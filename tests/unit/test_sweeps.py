@@ -24,7 +24,7 @@ from producers.sweeps import (
     tick_label,
 )
 from tests.unit.conftest import unit_settings
-from worker.celery import QUEUE_HIGH, SWEEP_TASK, celery_config
+from worker.celery import CONTROL_QUEUE, SWEEP_TASK, celery_config
 from worker.errors import ConfigError
 from worker.store import JobStore
 
@@ -84,7 +84,7 @@ def test_the_beat_schedule_is_built_from_the_example_sweeps_file() -> None:
     assert isinstance(tick, BeatLazyFunc)
     assert re.fullmatch(r"\d{8}T\d{4}Z", tick())
     assert tick() == tick_label(previous_tick(entry["schedule"], datetime.now(UTC)))
-    assert entry["options"]["queue"] == QUEUE_HIGH
+    assert entry["options"]["queue"] == CONTROL_QUEUE
     assert schedule["sweep:takedown-lists"]["schedule"].day_of_week == {1, 2, 3, 4, 5}
 
 

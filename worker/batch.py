@@ -146,6 +146,8 @@ class BatchRun:
         try:
             self._send_all()
         except _HandBack as back:
+            if not self.pending:  # the stop closed every id left: nothing to hand back
+                return Verdict.STOPPED
             self._commit(BatchCommit(release="later", later_ms=int(back.later_s * 1000)))
             self.log.info("batch.handed_back", later_s=round(back.later_s, 3), why=back.why)
             return Verdict.HANDED_BACK

@@ -1,12 +1,12 @@
-"""Job controls on fakeredis: `jobs`, `retry-failed`, `report`, `submit --dry-run`, the
-confirmation of a big interactive submit, and priorities (queues, routing)."""
+"""Job controls on fakeredis: pause, resume, cancel, recover and rethrottle as operators
+call them, `jobs`, `retry-failed`, `report`, `submit --dry-run`, the confirmation of a
+big interactive submit, and priorities (what the store serves first, the queues)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,10 +15,12 @@ import producers.submit as submit_module
 from producers import cli, control
 from producers.retry import is_retryable, retry_failed
 from producers.submit import dry_run, submit
-from worker.celery import QUEUE, QUEUE_HIGH, QUEUE_LOW, celery_config
-from worker.errors import InputError
+from tests.unit.conftest import commit_next, take
+from worker.batch import Verdict
+from worker.celery import CONTROL_QUEUE, DRAIN_TASK, QUEUE, WATCHDOG_TASK, celery_config
+from worker.errors import InputError, JobNotFound
 from worker.ratelimit import FleetLimiter
-from worker.store import BatchCommit, JobStore
+from worker.store import BatchCommit, JobStore, NoBatch
 
 # -- fixtures ----------------------------------------------------------------------------
 
@@ -52,22 +54,126 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def probe(store: JobStore):
+    """What a drain run would take now."""
+    return store.take("probe", lease_s=60, max_runs=5, max_wait_s=5.0, rate=1_000.0)
+
+
 GAVE_UP = "PROCESSING_ERROR: gave up after 8 attempts (500 PROCESSING_ERROR: boom)"
+MAYBE = "; the API may have deleted it"
 
 
 @pytest.fixture
 def mixed_job(make_job, store: JobStore, ids) -> str:
     """A completed job of 8 ids plus an invalid one: 3 deleted (operation op-1), 1 not
-    found, 1 foreign, 1 given up on a 5xx, 1 crash loop, 1 INVALID_MEDIA_IDS."""
+    found, 1 foreign, 1 given up on 5xx, 1 crash loop, 1 INVALID_MEDIA_IDS."""
     job_id = make_job(ids(8), invalid={"bad id": "invalid_id"})
-    store.commit(job_id, 0, "t", BatchCommit(
-        deleted=[0, 1, 2],
-        failed=[(3, "Media not found"), (4, "Access denied: media belongs to another user"),
-                (5, GAVE_UP), (6, "worker_crash_loop: 6 runs ended without a verdict"),
+    commit_next(store, BatchCommit(
+        deleted=[0, 1, 2], not_found=[3],
+        failed=[(4, "Access denied: media belongs to another user"), (5, GAVE_UP + MAYBE),
+                (6, "worker_crash_loop: 6 runs ended without a verdict (the API may have "
+                    "deleted some)"),
                 (7, "INVALID_MEDIA_IDS")],
-        operation_id="op-1", final=True,
-    ))  # fmt: skip
+        operation_id="op-1",
+    ), job_id)  # fmt: skip
+    assert store.status(job_id).state == "completed"
     return job_id
+
+
+# -- pause, resume, cancel, recover ------------------------------------------------------
+
+
+def test_pause_stops_new_work_and_resume_wakes_the_fleet(
+    make_job, store: JobStore, ids, sent_tasks
+) -> None:
+    """A paused job is not taken; resume makes it runnable and publishes a drain message."""
+    job_id = make_job(ids(200))
+    take(store, "a")
+    assert control.pause(store, job_id) is True
+    assert probe(store) == NoBatch("idle")
+    assert control.pause(store, job_id) is False
+    assert control.resume(store, job_id) is True
+    assert sent_tasks == [{"name": DRAIN_TASK, "args": ["1"], "queue": QUEUE}]
+    assert probe(store).index == 1
+
+
+def test_resume_of_a_job_in_no_state_to_resume_sends_nothing(
+    make_job, store: JobStore, ids, sent_tasks
+) -> None:
+    """Resume of a running job, or of an unknown one: False or JobNotFound, no message."""
+    job_id = make_job(ids(10))
+    assert control.resume(store, job_id) is False
+    with pytest.raises(JobNotFound):
+        control.resume(store, "no-such-job")
+    assert sent_tasks == []
+
+
+def test_cancel_counts_never_taken_ids_at_once_and_wakes_runs_to_confirm_the_rest(
+    make_job, store: JobStore, ids, sent_tasks, clock
+) -> None:
+    """Cancel: batches never taken are not_attempted now; a paused job's batch that may
+    have been sent goes back to the run queue and a drain is woken to confirm it."""
+    job_id = make_job(ids(300))
+    take(store, "a")
+    control.pause(store, job_id)
+    assert control.cancel(store, job_id) is True
+    s = store.status(job_id)
+    assert (s.state, s.not_attempted) == ("stopping", 200)
+    assert [t["name"] for t in sent_tasks] == [DRAIN_TASK]
+    clock.advance(61)
+    confirm = probe(store)
+    assert (confirm.index, confirm.state, confirm.sent_before) == (0, "stopping", True)
+    assert control.cancel(store, job_id) is False
+
+
+def test_cancel_then_resume_reattempts_what_was_not_attempted(
+    make_job, store: JobStore, ids, sent_tasks
+) -> None:
+    """A job cancelled before any take resumes with every id to attempt again."""
+    job_id = make_job(ids(250))
+    assert control.cancel(store, job_id) is True
+    assert store.status(job_id).state == "cancelled"
+    assert sent_tasks == []  # nothing runnable: no drain to wake
+    assert control.resume(store, job_id) is True
+    s = store.status(job_id)
+    assert (s.state, s.not_attempted, s.done) == ("running", 0, 0)
+    assert len(sent_tasks) == 1
+    assert [probe(store).index for _ in range(3)] == [0, 1, 2]
+
+
+def test_recover_publishes_the_drains_the_fleet_misses(
+    make_job, store: JobStore, ids, sent_tasks
+) -> None:
+    """recover: one drain message per missing drain while a job is runnable, none after."""
+    assert control.recover(store, margin=10) == 0
+    make_job(ids(10))
+    assert control.recover(store, margin=10) == 1
+    assert control.recover(store, margin=10) == 0  # its ticket is alive
+    assert sent_tasks == [{"name": DRAIN_TASK, "args": ["1"], "queue": QUEUE}]
+
+
+def test_rethrottle_of_one_job_sets_its_own_rate(make_job, store: JobStore, ids) -> None:
+    """`rethrottle --job J 4`: J's batches come 0.25 s apart; None lifts it; 'auto' and
+    non-positive rates are refused."""
+    job_id = make_job(ids(500))
+    assert control.rethrottle(store, 4, job_id=job_id) == f"job {job_id}: 4 requests/s"
+    waits = [probe(store).wait_s for _ in range(2)]
+    assert waits == pytest.approx([0.0, 0.25], abs=0.01)
+    with pytest.raises(InputError, match="number"):
+        control.rethrottle(store, "auto", job_id=job_id)
+    with pytest.raises(InputError, match="> 0"):
+        control.rethrottle(store, 0, job_id=job_id)
+    assert "fleet rate only" in control.rethrottle(store, None, job_id=job_id)
+    assert store.redis.hget(store.keys.job(job_id), "rate") is None
+
+
+def test_rethrottle_of_the_fleet_changes_the_limiter(store: JobStore) -> None:
+    """`rethrottle 50`: the fleet limiter of the alias runs at 50 requests/s."""
+    assert control.rethrottle(store, 50.0).startswith("fleet (default): 50.0 requests/s")
+    limiter = FleetLimiter(store.redis, store.keys.limiter(), rate=10.0)
+    assert limiter.rate == pytest.approx(50.0)
+    with pytest.raises(InputError):
+        control.rethrottle(store, None)
 
 
 # -- the retry rule ----------------------------------------------------------------------
@@ -84,12 +190,14 @@ def mixed_job(make_job, store: JobStore, ids) -> str:
         ("INVALID_MEDIA_IDS", False),
         ("HTTP_400", False),
         (GAVE_UP, True),
+        (GAVE_UP + MAYBE, True),
         ("OUTCOME_UNKNOWN: gave up after 3 attempts (no answer in time: ReadTimeout)", True),
-        ("worker_crash_loop: 6 runs ended without a verdict", True),
+        ("worker_crash_loop: 6 runs ended without a verdict (the API may have deleted some)",
+         True),
         ("Internal error: deletion could not be confirmed", True),
         ("failed (no reason given)", True),
     ],
-)
+)  # fmt: skip
 def test_the_retry_rule_keeps_transient_failures_only(reason: str, retryable: bool) -> None:
     """Permanent: invalid, not found, access denied, a bare 4xx code; the rest retryable."""
     assert is_retryable(reason) is retryable
@@ -101,8 +209,9 @@ def test_the_retry_rule_keeps_transient_failures_only(reason: str, retryable: bo
 def test_retry_failed_submits_the_retryable_ids_linked_both_ways(
     mixed_job: str, store: JobStore, settings, fake_redis, started
 ) -> None:
-    """The new job holds the given-up and crash-loop ids, with the original's reason,
-    alias and priority; each job names the other; retrying again returns the same job."""
+    """The new job holds the given-up and crash-loop ids (never the not_found one), with
+    the original's reason, alias and priority; each job names the other; retrying again
+    returns the same job."""
     retry = retry_failed(mixed_job, settings=settings, client=fake_redis)
     assert retry is not None
     assert sorted(i for i, _, _ in store.iter_outcomes(retry.id)) == ["vec-000005", "vec-000006"]
@@ -116,15 +225,29 @@ def test_retry_failed_submits_the_retryable_ids_linked_both_ways(
     assert len(store.recent_jobs()) == 2
 
 
+def test_a_retried_id_the_api_no_longer_finds_is_not_found(
+    mixed_job: str, store: JobStore, settings, fake_redis, started, make_run, wickson
+) -> None:
+    """Issue 12 case 3: ids given up on after 5xx that the first job did delete are
+    not_found in the retry job, never a new failure."""
+    retry = retry_failed(mixed_job, settings=settings, client=fake_redis)
+    assert retry is not None
+    assert make_run(wickson(existing=[])).run() == Verdict.DONE
+    s = store.status(retry.id)
+    assert (s.state, s.not_found, s.failed) == ("completed", 2, 0)
+
+
 def test_retry_failed_with_nothing_retryable_makes_no_job(
     make_job, store: JobStore, settings, fake_redis, ids, started
 ) -> None:
-    """Only permanent failures: None, and no job."""
-    job_id = make_job(ids(2))
-    store.commit(job_id, 0, "t", BatchCommit(deleted=[0], failed=[(1, "Media not found")],
-                                             final=True))  # fmt: skip
+    """Only permanent failures (and not_found ids, which are no failure): None, no job."""
+    job_id = make_job(ids(3))
+    commit_next(store, BatchCommit(
+        deleted=[0], not_found=[1], failed=[(2, "Access denied: media belongs to another user")],
+    ), job_id)  # fmt: skip
     assert retry_failed(job_id, settings=settings, client=fake_redis) is None
     assert store.recent_jobs() == [job_id]
+    assert started == []
 
 
 def test_retry_failed_of_a_running_job_is_refused(
@@ -132,7 +255,7 @@ def test_retry_failed_of_a_running_job_is_refused(
 ) -> None:
     """A job still running may fail more ids: InputError until it ends."""
     job_id = make_job(ids(2))
-    with pytest.raises(InputError, match="running"):
+    with pytest.raises(InputError, match=r"queued|running"):
         retry_failed(job_id, settings=settings, client=fake_redis)
 
 
@@ -151,12 +274,17 @@ def test_the_retry_failed_command_prints_the_new_job_and_status_shows_the_links(
     assert "already retried" in err
 
 
-def test_retry_failed_can_change_the_priority(capsys, use_cli, mixed_job, store, started):
-    """`--priority high`: the retry job runs on the high queue."""
+def test_retry_failed_can_change_the_priority(
+    capsys, use_cli, mixed_job, make_job, store, ids, started
+) -> None:
+    """`--priority high`: the retry job is high priority, taken before normal work."""
+    normal = make_job(ids(300, "n-"))
     code, out, _ = run(capsys, "retry-failed", mixed_job, "--priority", "high")
     assert code == 0
-    assert store.status(out.strip()).priority == "high"
-    assert started[-1] == (out.strip(), "high")
+    retry_id = out.strip()
+    assert store.status(retry_id).priority == "high"
+    assert started[-1] == (retry_id, "high")
+    assert [probe(store).job_id for _ in range(2)] == [retry_id, normal]
 
 
 # -- report ------------------------------------------------------------------------------
@@ -166,7 +294,7 @@ def test_report_csv_lists_every_id_with_outcome_reason_and_operation(
     capsys, use_cli, mixed_job: str
 ) -> None:
     """`report JOB`: a header and one row per unique id; sent ids carry the operation id,
-    the invalid one (never sent) none."""
+    the invalid one (never sent) none; 'not found' is its own outcome."""
     code, out, _ = run(capsys, "report", mixed_job)
     assert code == 0
     rows = list(csv.reader(io.StringIO(out)))
@@ -174,17 +302,22 @@ def test_report_csv_lists_every_id_with_outcome_reason_and_operation(
     by_id = {r[0]: r[1:] for r in rows[1:]}
     assert len(by_id) == 9
     assert by_id["vec-000000"] == ["deleted", "", "op-1"]
-    assert by_id["vec-000003"] == ["failed", "Media not found", "op-1"]
+    assert by_id["vec-000003"] == ["not_found", "", "op-1"]
+    assert by_id["vec-000004"] == ["failed", "Access denied: media belongs to another user",
+                                   "op-1"]  # fmt: skip
     assert by_id["bad id"] == ["failed", "invalid_id", ""]
+    assert {r[0] for r in by_id.values()} == {"deleted", "not_found", "failed"}
 
 
 def test_report_failed_jsonl_lists_only_failed_ids(capsys, use_cli, mixed_job: str) -> None:
-    """`report JOB --failed --format jsonl`: one object per failed id, nothing else."""
+    """`report JOB --failed --format jsonl`: one object per failed id, not_found excluded."""
     code, out, _ = run(capsys, "report", mixed_job, "--failed", "--format", "jsonl")
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert {r["outcome"] for r in rows} == {"failed"}
-    assert len(rows) == 6
+    assert sorted(r["media_id"] for r in rows) == [
+        "bad id", "vec-000004", "vec-000005", "vec-000006", "vec-000007",
+    ]  # fmt: skip
     assert set(rows[0]) == {"media_id", "outcome", "reason", "operation_id"}
 
 
@@ -205,16 +338,17 @@ def test_report_of_an_unknown_job_prints_nothing_and_exits_2(capsys, use_cli) ->
 def test_a_report_streams_the_pending_and_not_attempted_without_an_operation(
     make_job, store: JobStore, ids
 ) -> None:
-    """Ids of a cancelled job never sent: not_attempted with the stop reason, no operation."""
-    job_id = make_job(ids(600))  # window 4: batches 4 and 5 are never dispatched
-    store.commit(job_id, 0, "t", BatchCommit(deleted=list(range(100)), operation_id="op-0",
-                                             final=True))  # fmt: skip
+    """Ids of a cancelled job never sent: not_attempted with the stop reason, no operation;
+    a batch still held is pending."""
+    job_id = make_job(ids(600))
+    commit_next(store, BatchCommit(deleted=list(range(100)), operation_id="op-0"), job_id)
+    take(store, "holder")
     store.stop(job_id, "cancelled", "CANCELLED: by a test")
     rows = list(store.iter_report(job_id, batches_per_call=2))
     assert len(rows) == 600
     assert rows[0] == ("vec-000000", "deleted", "", "op-0")
     assert rows[150] == ("vec-000150", "pending", "", "")
-    assert rows[599] == ("vec-000599", "not_attempted", "CANCELLED: by a test", "")
+    assert rows[599] == ("vec-000599", "not_attempted", "job stopped: CANCELLED: by a test", "")
 
 
 # -- jobs --------------------------------------------------------------------------------
@@ -225,7 +359,7 @@ def test_the_jobs_table_lists_recent_jobs_newest_first(
 ) -> None:
     """`jobs`: id, state, priority, progress, ids/s, age and reason, newest first."""
     running = make_job(ids(300), reason="gdpr erasure of account 42")
-    store.commit(running, 0, "t", BatchCommit(deleted=list(range(100)), final=True))
+    commit_next(store, BatchCommit(deleted=list(range(100))), running)
     code, out, _ = run(capsys, "jobs")
     assert code == 0
     header, first, second = out.splitlines()
@@ -369,16 +503,19 @@ def test_a_piped_submit_is_never_asked(capsys, monkeypatch, use_cli, store, tmp_
 # -- priorities --------------------------------------------------------------------------
 
 
-def test_a_job_keeps_its_priority_and_starts_on_its_queue(
+def test_a_job_keeps_its_priority_and_its_submit_wakes_the_fleet(
     fake_redis, settings, store: JobStore, sent_tasks
 ) -> None:
-    """submit(priority=...): the record keeps it; the start task goes to its queue."""
-    for priority, queue in (("high", QUEUE_HIGH), ("normal", QUEUE), ("low", QUEUE_LOW)):
-        job = submit(["vec-1"], reason="r", settings=settings, client=fake_redis,
+    """submit(priority=...): the record keeps it, the job is in its priority's run queue,
+    and one drain message goes to the work queue (the store, not the queue, orders work)."""
+    for priority in ("low", "normal", "high"):
+        job = submit([f"vec-{priority}"], reason="r", settings=settings, client=fake_redis,
                      priority=priority)  # fmt: skip
         assert store.status(job.id).priority == priority
-        assert sent_tasks[-1] == {"name": "wickson_purge.start_job", "args": [job.id],
-                                  "queue": queue}  # fmt: skip
+        assert store.redis.zscore(store.keys.run_queue(priority), job.id) is not None
+    assert sent_tasks == [{"name": DRAIN_TASK, "args": ["1"], "queue": QUEUE}]
+    order = [store.status(probe(store).job_id).priority for _ in range(3)]
+    assert order == ["high", "normal", "low"]
 
 
 def test_an_unknown_priority_is_refused_before_anything(fake_redis, settings) -> None:
@@ -388,52 +525,13 @@ def test_an_unknown_priority_is_refused_before_anything(fake_redis, settings) ->
     assert fake_redis.keys("*") == []
 
 
-def test_resume_and_recover_publish_on_the_jobs_queue(
-    make_job, store: JobStore, ids, sent_tasks
-) -> None:
-    """A paused low-priority job resumes on the low queue; its lost batches too."""
-    job_id, _ = store.create(reason="r", priority="low")
-    store.stage(job_id, 0, [ids(100)])
-    store.seal(job_id, batches=1, valid=100, invalid=0, submitted=100)
-    assert control.resume(store, job_id) is None  # queued: nothing to resume
-    store.start(job_id)
-    control.recover_lost(store, stale_s=0, job_ids=[job_id])
-    assert {t["queue"] for t in sent_tasks} == {QUEUE_LOW}
-    store.pause(job_id)
-    store.claim(job_id, 0, "t", lease_s=60, max_deliveries=5)  # parks the batch
-    control.resume(store, job_id)
-    assert sent_tasks[-1] == {"name": "wickson_purge.delete_batch", "args": [job_id, 0],
-                              "queue": QUEUE_LOW}  # fmt: skip
-
-
-def test_workers_consume_the_three_queues_high_first(settings) -> None:
-    """task_queues lists high, normal, low; the Redis transport BRPOPs them in that order."""
+def test_workers_consume_the_control_queue_before_drains(settings) -> None:
+    """task_queues lists the control queue first; the Redis transport BRPOPs them in that
+    order, and beat's watchdog goes to the control queue (never behind drains)."""
     config = celery_config(settings)
-    assert [q.name for q in config["task_queues"]] == [QUEUE_HIGH, QUEUE, QUEUE_LOW]
-    assert [q.routing_key for q in config["task_queues"]] == [QUEUE_HIGH, QUEUE, QUEUE_LOW]
+    assert [q.name for q in config["task_queues"]] == [CONTROL_QUEUE, QUEUE]
+    assert [q.routing_key for q in config["task_queues"]] == [CONTROL_QUEUE, QUEUE]
     assert config["broker_transport_options"]["queue_order_strategy"] == "priority"
     assert config["task_default_queue"] == QUEUE
-
-
-def test_successors_stay_on_the_queue_their_batch_came_from(
-    monkeypatch, store: JobStore, settings, fake_redis
-) -> None:
-    """A batch delivered from the high queue publishes its successors there; without
-    delivery info (or from a foreign queue), the job's priority decides."""
-    from worker import tasks
-    from worker.runtime import build_runtime, set_runtime
-
-    set_runtime(build_runtime(settings, fake_redis))
-    try:
-        job_id, _ = store.create(reason="r", priority="low")
-        request = lambda info: SimpleNamespace(request=SimpleNamespace(delivery_info=info))  # noqa: E731
-        assert tasks.arrival_queue(request({"routing_key": QUEUE_HIGH}), job_id) == QUEUE_HIGH
-        assert tasks.arrival_queue(request(None), job_id) == QUEUE_LOW
-        assert tasks.arrival_queue(request({"routing_key": "celery"}), job_id) == QUEUE_LOW
-        sent: list[str] = []
-        monkeypatch.setattr(tasks.delete_batch, "apply_async",
-                            lambda args, queue: sent.append(queue))  # fmt: skip
-        assert tasks.publish(job_id, [0, 1]) == 2
-        assert sent == [QUEUE_LOW, QUEUE_LOW]
-    finally:
-        set_runtime(None)
+    watchdog = config["beat_schedule"]["watchdog"]
+    assert (watchdog["task"], watchdog["options"]["queue"]) == (WATCHDOG_TASK, CONTROL_QUEUE)

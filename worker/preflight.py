@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import redis
 import structlog
 
@@ -32,6 +34,35 @@ def check_eviction_policy(client: redis.Redis) -> None:
         )
 
 
+def check_persistence(client: redis.Redis) -> bool:
+    """Warn, loudly, when Redis keeps nothing on disk: a restart would lose every job and
+    queue (ids the API deleted could not be told apart from ids never sent). Returns
+    whether Redis persists (AOF or snapshots)."""
+    try:
+        config = client.config_get("appendonly") | client.config_get("save")
+    except redis.ResponseError:
+        return True  # CONFIG disabled: check_eviction_policy already said to check by hand
+    values = {_text(k): _text(v) for k, v in config.items()}
+    if values.get("appendonly") == "yes" or values.get("save", "").strip():
+        return True
+    log.warning(
+        "preflight.redis_not_persistent",
+        hint="Redis keeps nothing on disk (appendonly no, save ''): a restart loses every"
+        " job. Run it with `appendonly yes` and `appendfsync everysec` (README: Redis).",
+    )
+    print(
+        "wickson-purge worker: WARNING: Redis keeps nothing on disk (appendonly no, no"
+        " snapshots): a Redis restart would lose every job. Set `appendonly yes`.",
+        file=sys.stderr,
+        flush=True,
+    )
+    return False
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def check_worker(settings: Settings, store: JobStore) -> None:
     """Everything a worker needs: an API key, a reachable non-evicting Redis. Registers
     the key aliases it holds (names only) so that submit can check jobs against them."""
@@ -42,6 +73,7 @@ def check_worker(settings: Settings, store: JobStore) -> None:
         register_secret(key.get_secret_value())
     try:
         check_eviction_policy(store.redis)
+        check_persistence(store.redis)
         store.register_aliases(sorted(keys))
     except (redis.ConnectionError, StoreUnavailable) as exc:
         raise ConfigError(f"cannot reach Redis at REDIS_URL: {exc}") from None

@@ -1,4 +1,4 @@
-"""Job controls and recovery against real workers: pause, resume, cancel, the watchdog."""
+"""Job controls and recovery against real workers: pause, resume, cancel, lost messages."""
 
 from __future__ import annotations
 
@@ -35,17 +35,11 @@ def test_a_paused_job_sends_nothing_and_resumes_where_it_stopped(
     assert control.pause(job.store, job.id)
     keys, redis_ = job.store.keys, job.store.redis
 
-    def all_parked() -> bool:
-        """No message queued, no run in flight, every unfinished dispatched batch parked."""
-        record = redis_.hgetall(keys.job(job.id))
-        parked = redis_.scard(keys.job(job.id, "parked"))
-        return (
-            redis_.llen(QUEUE) == 0
-            and not list(redis_.scan_iter(keys.lease(job.id, 0)[:-1] + "*"))
-            and parked + int(record[b"batches_done"]) == int(record[b"dispatched"])
-        )
+    def all_handed_back() -> bool:
+        """No run holds a batch of the job: every one it took is done or handed back."""
+        return redis_.hlen(keys.job(job.id, "owners")) == 0
 
-    wait_until(all_parked, timeout=15, what="every batch parked")
+    wait_until(all_handed_back, timeout=15, what="every batch handed back")
     quiet = fake.api.ledger().requests
     assert job.status().state == "paused"
     assert job.status().done < 6_000
@@ -67,7 +61,7 @@ def test_a_cancelled_job_stops_within_a_second_and_counts_the_rest_not_attempted
     job = submit_job(owned(10_000))
     wait_until(lambda: job.status().deleted >= 300, timeout=30, what="progress")
     assert control.cancel(job.store, job.id)
-    final = job.wait(timeout=5, poll_s=0.05)
+    final = job.wait(timeout=5, poll_s=0.05)  # a run sees the stop at its next request
     assert final.state == "cancelled"
     assert final.not_attempted > 0
     assert final.deleted == fake.api.ledger().deleted
@@ -95,22 +89,19 @@ def test_resume_after_a_revoked_key_is_restored_finishes_the_job(
     assert final.deleted == 8_000
 
 
-def test_the_watchdog_requeues_batches_whose_messages_were_lost(
+def test_a_job_whose_every_message_was_lost_completes_without_any_command(
     fake_api: Callable[..., RunningFakeApi],
     workers: Callable[..., WorkerProcess],
     submit_job: Callable[..., Job],
     rclient: redis.Redis,
 ) -> None:
-    """Every queued message deleted from the broker: recover() brings the job to the end."""
-    fake = fake_api(items=3_000)
+    """Every drain message deleted from the broker, and the tickets with them: the
+    workers' keepers publish new ones within seconds; the job ends exact."""
+    fake = fake_api(items=3_000, rate=100)
+    workers(fake.url, rate_limit=100, concurrency=4)
     job = submit_job(owned(3_000))
-    store = job.store
-    published = control.publish_batches(job.id, store.start(job.id))
-    assert published == 30
-    assert rclient.delete(QUEUE) == 1  # the start task's batches: all lost
-    workers(fake.url, rate_limit=400, concurrency=4)
-    found = control.recover_lost(store, stale_s=0)
-    assert found == {job.id: 30}
-    job.wait(timeout=30, poll_s=0.1)
+    wait_until(lambda: job.status().deleted >= 300, timeout=30, what="progress")
+    rclient.delete(QUEUE, "unacked", "unacked_index")  # the broker loses every message
+    rclient.delete(job.store.keys.drains)
+    job.wait(timeout=60, poll_s=0.1)
     assert_exact(job, fake)
-    assert control.recover_lost(store, stale_s=0) == {}

@@ -34,6 +34,10 @@ RATE_WINDOW_S = 30.0
 MIN_RATE_SPAN_S = 0.5
 """No rate from polls closer together than this (it would be noise)."""
 
+NO_WORKER_HINT_S = 5.0
+"""A worker starts a queued job within a second: still queued after this long while
+watched, the watcher says that no worker seems to be consuming."""
+
 
 # -- measures (pure) -----------------------------------------------------------------------
 
@@ -88,6 +92,18 @@ class ThrottleMeter:
         return self._total + max(0.0, min(now, self._until) - self._mark)
 
 
+def not_found(status: JobStatus) -> int:
+    """Ids the API answered "not found" for (the field is being renamed from
+    `already_absent` to `not_found`: this reads either, so only here changes)."""
+    return int(getattr(status, "not_found", getattr(status, "already_absent", 0)))
+
+
+def answered(status: JobStatus) -> int:
+    """Ids that got an answer: deleted, not found, failed. Not the `not_attempted` ones
+    of a stopped job: they are done, not progress, and no rate is made of them."""
+    return status.deleted + not_found(status) + status.failed
+
+
 def eta_s(status: JobStatus, ids_per_s: float | None) -> float | None:
     """Seconds until every id has its outcome at `ids_per_s`; 0 once finished; None
     without a rate to go by."""
@@ -127,8 +143,8 @@ def outcome_parts(view: View) -> list[str]:
     """'deleted N', 'failed N', and the other counters worth showing."""
     status = view.status
     parts = [f"deleted {status.deleted:,}", f"failed {status.failed:,}"]
-    if status.already_absent:
-        parts.append(f"already absent {status.already_absent:,}")
+    if not_found(status):
+        parts.append(f"already absent {not_found(status):,}")
     if status.not_attempted:
         parts.append(f"not attempted {status.not_attempted:,}")
     if status.rate_limited:
@@ -145,11 +161,12 @@ def progress_line(
     eta: float | None = None,
     throttled_s: float = 0.0,
 ) -> str:
-    """One plain line: done/total, percent, ids/s, ETA, outcomes, 429s, throttled time."""
+    """One plain line: answered/total, percent, ids/s, ETA, outcomes (not attempted
+    apart), 429s, throttled time."""
     total = status.total or 1
     parts = [
         f"job {status.job_id[:8]} {status.state}:",
-        f"{status.done:,}/{status.total:,} ids ({100 * status.done / total:.0f}%)",
+        f"{answered(status):,}/{status.total:,} ids ({100 * answered(status) / total:.0f}%)",
     ]
     if ids_per_s is not None:
         parts.append(f"{ids_per_s:,.0f} ids/s")
@@ -209,6 +226,8 @@ class ProgressPrinter:
         self._last_print: float | None = None
         self._rate = RateMeter()
         self._throttled = ThrottleMeter()
+        self._queued_since: float | None = None
+        self._hinted = False
 
     def __enter__(self) -> ProgressPrinter:
         return self
@@ -223,6 +242,7 @@ class ProgressPrinter:
 
     def __call__(self, status: JobStatus) -> None:
         view = self.measure(status)
+        self._hint_if_unconsumed(status)
         if self.live:
             self._draw(view)
         elif self._due(status):
@@ -239,11 +259,34 @@ class ProgressPrinter:
         now = self.clock()
         if status.state in ("queued", "staging"):
             self._rate.reset()
-        self._rate.add(now, status.done)
+        self._rate.add(now, answered(status))
         if self.throttle is not None:
             self._throttled.observe(now, self.throttle(status))
         rate = self._rate.rate()
         return View(status, rate, eta_s(status, rate), self._throttled.seconds(now))
+
+    def _hint_if_unconsumed(self, status: JobStatus) -> None:
+        """Say once if the job stays queued: a job no worker consumes waits forever."""
+        if status.state != "queued":
+            self._queued_since = None
+            return
+        now = self.clock()
+        if self._queued_since is None:
+            self._queued_since = now
+        waited = now - self._queued_since
+        if self._hinted or waited < NO_WORKER_HINT_S:
+            return
+        self._hinted = True
+        text = (
+            f"job {status.job_id[:8]} still queued after {waited:.0f} s: no worker seems to be"
+            f" consuming its queue (priority {status.priority}). Start one"
+            " (`wickson-purge worker`) with the same REDIS_URL and WICKSON_KEY_PREFIX"
+        )
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
         """Stop the live display (it stays on screen as last drawn)."""
@@ -269,7 +312,7 @@ class ProgressPrinter:
         self._progress.update(
             self._task,
             total=max(status.total, 1),
-            completed=status.done if status.total else 1,
+            completed=answered(status) if status.total else 1,
             **_bar_fields(view),
         )
         self._progress.refresh()
@@ -280,7 +323,7 @@ def _bar_fields(view: View) -> dict[str, Any]:
     status = view.status
     return {
         "title": f"job {status.job_id[:8]} {status.state}",
-        "counts": f"{status.done:,}/{status.total:,} ids",
+        "counts": f"{answered(status):,}/{status.total:,} ids",
         "rate": "--- ids/s" if view.ids_per_s is None else f"{view.ids_per_s:,.0f} ids/s",
         "eta": "" if status.finished else f"ETA {format_duration(view.eta_s)}",
     }
@@ -315,7 +358,7 @@ def summary(status: JobStatus) -> str:
         f" ({status.invalid:,} invalid)",
         f"  deleted: {status.deleted:,}  (hd vectors {status.hd_vectors:,},"
         f" ld vectors {status.ld_vectors:,})",
-        f"  already absent: {status.already_absent:,}",
+        f"  already absent: {not_found(status):,}",
         f"  failed: {status.failed:,}",
     ]
     for reason, count in sorted(status.failure_reasons.items(), key=lambda kv: -kv[1]):
@@ -324,15 +367,15 @@ def summary(status: JobStatus) -> str:
         lines.append(
             f"  retry of: {status.retry_of or '-'}  retried by: {status.retried_by or '-'}"
         )
-    if status.not_attempted:
-        lines.append(f"  not attempted: {status.not_attempted:,}")
+    # Always shown: a cancelled or stopped job's unsent ids are what `resume` would send.
+    lines.append(f"  not attempted: {status.not_attempted:,}")
     lines.append(
         f"  requests: {status.requests:,}  429s: {status.rate_limited:,}"
         f"  retries: {status.retries:,}"
     )
     if status.started_at and status.finished_at:
         seconds = max(status.finished_at - status.started_at, 1e-3)
-        lines.append(f"  seconds: {seconds:.1f}  ids/s: {status.done / seconds:,.0f}")
+        lines.append(f"  seconds: {seconds:.1f}  ids/s: {answered(status) / seconds:,.0f}")
     if status.last_error:
         lines.append(f"  last error: {status.last_error}")
     return "\n".join(lines)

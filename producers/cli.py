@@ -324,11 +324,11 @@ def _submit(args: argparse.Namespace, _rest: list[str]) -> int:
             print("nothing submitted", file=sys.stderr)
             return EXIT_OK
     _report_input(job)
+    # The id at once (a watcher may want it before the end); with --wait, then the summary
+    # (--json: JSON lines, the final status on one line).
+    print(json.dumps({"job_id": job.id}) if args.json else job.id, flush=True)
     if args.wait:
-        if not args.json:  # with --json, the final status (holding job_id) is the output
-            print(job.id, flush=True)
-        return _follow(job.store, job.id, as_json=args.json)
-    print(json.dumps({"job_id": job.id}) if args.json else job.id)
+        return _follow(job.store, job.id, as_json=args.json, one_line=True)
     return EXIT_OK
 
 
@@ -452,11 +452,11 @@ def _status(args: argparse.Namespace, _rest: list[str]) -> int:
     return EXIT_OK
 
 
-def status_json(status: JobStatus) -> str:
+def status_json(status: JobStatus, indent: int | None = 2) -> str:
     """The `status --json` object."""
     data = status.model_dump(mode="json")
     data["done"] = status.done
-    return json.dumps(data, indent=2)
+    return json.dumps(data, indent=indent)
 
 
 def _wait(args: argparse.Namespace, _rest: list[str]) -> int:
@@ -464,9 +464,16 @@ def _wait(args: argparse.Namespace, _rest: list[str]) -> int:
     return _follow(store, jobref.resolve(store, args.job), as_json=args.json, timeout=args.timeout)
 
 
-def _follow(store: JobStore, job_id: str, *, as_json: bool, timeout: float | None = None) -> int:
-    """Show the job's progress until it ends, then its summary (or status JSON); the exit
-    code says how it ended (EXIT_TIMEOUT if `timeout` seconds passed first)."""
+def _follow(
+    store: JobStore,
+    job_id: str,
+    *,
+    as_json: bool,
+    timeout: float | None = None,
+    one_line: bool = False,
+) -> int:
+    """Show the job's progress until it ends, then its summary (or status JSON, on
+    `one_line`); the exit code says how it ended (EXIT_TIMEOUT: `timeout` passed first)."""
     try:
         with _progress(store) as show:
             final = wait_for(
@@ -475,7 +482,7 @@ def _follow(store: JobStore, job_id: str, *, as_json: bool, timeout: float | Non
     except TimeoutError as exc:
         print(f"wickson-purge: {exc}", file=sys.stderr)
         return EXIT_TIMEOUT
-    print(status_json(final) if as_json else summary(final))
+    print(status_json(final, indent=None if one_line else 2) if as_json else summary(final))
     return _exit_code(final)
 
 

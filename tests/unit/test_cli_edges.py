@@ -589,7 +589,8 @@ def test_a_dry_run_shows_the_first_invalid_lines(
 def test_submit_wait_prints_the_summary_wait_prints(
     capsys, monkeypatch: pytest.MonkeyPatch, submit_store: JobStore, tmp_path: Path
 ) -> None:
-    """`submit --wait`: the job id, then the same final summary as `wait`, same exit code."""
+    """`submit --wait`: the job id, then the same final summary as `wait`, same exit code;
+    with --json, two JSON lines."""
 
     def run_at_once(job_id: str, _priority: str) -> None:
         submit_store.start(job_id)
@@ -603,7 +604,8 @@ def test_submit_wait_prints_the_summary_wait_prints(
     assert code == 3
     assert run(capsys, "wait", job_id)[:2] == (3, "\n".join(rest) + "\n")
     code, out, _ = run(capsys, "submit", str(ids), "--reason", "y", "--wait", "--json")
-    assert (code, json.loads(out)["state"]) == (3, "completed")
+    started, final = map(json.loads, out.splitlines())  # JSON lines: the id, then the end
+    assert (code, final["job_id"], final["state"]) == (3, started["job_id"], "completed")
 
 
 def test_a_job_no_worker_consumes_gets_a_hint(

@@ -589,8 +589,7 @@ def test_a_dry_run_shows_the_first_invalid_lines(
 def test_submit_wait_prints_the_summary_wait_prints(
     capsys, monkeypatch: pytest.MonkeyPatch, submit_store: JobStore, tmp_path: Path
 ) -> None:
-    """`submit --wait`: the job id, then the same final summary as `wait`, same exit code;
-    with --json, two JSON lines."""
+    """`submit --wait`: the id, then `wait`'s summary and exit code (--json: two JSON lines)."""
 
     def run_at_once(job_id: str, _priority: str) -> None:
         submit_store.start(job_id)

@@ -223,8 +223,7 @@ def test_a_report_streams_the_pending_and_not_attempted_without_an_operation(
 def test_the_jobs_table_lists_recent_jobs_newest_first(
     capsys, use_cli, make_job, store: JobStore, ids, mixed_job: str
 ) -> None:
-    """`jobs`: id, state, priority, progress, not attempted, ids/s, age and reason, newest
-    first."""
+    """`jobs`: id, state, priority, progress, not attempted, ids/s, age, reason; newest first."""
     running = make_job(ids(300), reason="gdpr erasure of account 42")
     store.commit(running, 0, "t", BatchCommit(deleted=list(range(100)), final=True))
     code, out, _ = run(capsys, "jobs")
@@ -344,8 +343,7 @@ class Terminal(io.StringIO):
 def test_a_big_interactive_submit_asks_first(
     capsys, monkeypatch, use_cli, store: JobStore, tmp_path, started, answer, argv, asked, submitted
 ) -> None:
-    """Over --confirm-over ids at a terminal: asked; 'n' leaves no job (exit 0, "nothing
-    submitted"), 'y' submits."""
+    """Over --confirm-over ids at a terminal: asked; 'n' exits 0 with no job, 'y' submits."""
     monkeypatch.setattr("sys.stdin", Terminal(answer))
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("".join(f"vec-{k}\n" for k in range(20)))

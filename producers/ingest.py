@@ -56,10 +56,18 @@ class Line:
 def read_lines(source: Iterable[bytes | str]) -> Iterator[Line]:
     """Ids from lines (bytes or text): surrounding whitespace stripped, blank lines and a
     header line skipped, undecodable bytes reported as invalid. A first line with commas
-    makes it CSV: the column named like an id (media_id, id, ...) is read."""
+    makes it CSV: the column named like an id (media_id, id, ...) is read. Raises
+    InputError for a binary input (a NUL byte) or a line CSV cannot parse."""
     column: int | None = None
     first = True
     for number, raw in enumerate(source, start=1):
+        if (b"\0" in raw) if isinstance(raw, bytes) else ("\0" in raw):
+            # No text list of ids holds a NUL: a binary file given by mistake would
+            # otherwise become thousands of "invalid ids" recorded as failures.
+            raise InputError(
+                f"line {number} holds a NUL byte: this is a binary file, not media ids"
+                " (one per line, or a CSV with a media_id column)"
+            )
         undecodable = False
         if isinstance(raw, bytes):
             try:
@@ -77,7 +85,7 @@ def read_lines(source: Iterable[bytes | str]) -> Iterator[Line]:
             if column is not None or text.strip().lower() in HEADER_WORDS:
                 continue
         if column is not None:
-            fields = next(csv.reader([text]))
+            fields = _csv_fields(text, number)
             text = fields[column] if column < len(fields) else ""
         text = text.strip()
         if undecodable and any("\udc80" <= c <= "\udcff" for c in text):
@@ -90,24 +98,43 @@ def read_lines(source: Iterable[bytes | str]) -> Iterator[Line]:
             yield Line(number, text, id_problem(text))
 
 
+def _csv_fields(text: str, number: int) -> list[str]:
+    """The fields of one CSV line; InputError naming the line if CSV cannot parse it."""
+    try:
+        return next(csv.reader([text]))
+    except csv.Error as exc:
+        raise InputError(f"line {number} is not readable as CSV: {exc}") from None
+
+
 def _csv_column(header: str, number: int) -> int | None:
     """The id column of a CSV header line, None if the line is no CSV header."""
     if "," not in header:
         return None
-    names = [n.strip().lower() for n in next(csv.reader([header]))]
+    names = [n.strip().lower() for n in _csv_fields(header, number)]
     for index, name in enumerate(names):
         if name in HEADER_WORDS:
             return index
     raise InputError(
-        f"line {number} looks like a CSV header ({printable(header.strip())!r}) but names no id"
+        f"line {number} looks like a CSV header ({quoted(header.strip())}) but names no id"
         f" column: name one of {', '.join(sorted(HEADER_WORDS))}, or give one id per line"
     )
 
 
 def printable(text: str, limit: int = 80) -> str:
-    """`text` as it can be shown in a message or stored as a key: escaped, truncated."""
+    """`text` as it can be shown in a message: escaped, truncated."""
     shown = text.encode("unicode_escape").decode("ascii")
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def quoted(text: str, limit: int = 80) -> str:
+    """`text` for a message, in quotes, escaped once (`repr` of it would escape twice)."""
+    return f"'{printable(text, limit)}'"
+
+
+def stored(text: str, limit: int = 200) -> str:
+    """An invalid id as the job records it: as read (escaped only for display), truncated
+    so that a runaway line cannot make a huge key."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -34,6 +34,10 @@ RATE_WINDOW_S = 30.0
 MIN_RATE_SPAN_S = 0.5
 """No rate from polls closer together than this (it would be noise)."""
 
+NO_WORKER_HINT_S = 5.0
+"""A worker starts a queued job within a second: still queued after this long while
+watched, the watcher says that no worker seems to be consuming."""
+
 
 # -- measures (pure) -----------------------------------------------------------------------
 
@@ -145,11 +149,12 @@ def progress_line(
     eta: float | None = None,
     throttled_s: float = 0.0,
 ) -> str:
-    """One plain line: done/total, percent, ids/s, ETA, outcomes, 429s, throttled time."""
+    """One plain line: answered/total, percent, ids/s, ETA, outcomes (not attempted
+    apart), 429s, throttled time."""
     total = status.total or 1
     parts = [
         f"job {status.job_id[:8]} {status.state}:",
-        f"{status.done:,}/{status.total:,} ids ({100 * status.done / total:.0f}%)",
+        f"{status.answered:,}/{status.total:,} ids ({100 * status.answered / total:.0f}%)",
     ]
     if ids_per_s is not None:
         parts.append(f"{ids_per_s:,.0f} ids/s")
@@ -209,6 +214,8 @@ class ProgressPrinter:
         self._last_print: float | None = None
         self._rate = RateMeter()
         self._throttled = ThrottleMeter()
+        self._queued_since: float | None = None
+        self._hinted = False
 
     def __enter__(self) -> ProgressPrinter:
         return self
@@ -223,6 +230,7 @@ class ProgressPrinter:
 
     def __call__(self, status: JobStatus) -> None:
         view = self.measure(status)
+        self._hint_if_unconsumed(status)
         if self.live:
             self._draw(view)
         elif self._due(status):
@@ -239,11 +247,34 @@ class ProgressPrinter:
         now = self.clock()
         if status.state in ("queued", "staging"):
             self._rate.reset()
-        self._rate.add(now, status.done)
+        self._rate.add(now, status.answered)
         if self.throttle is not None:
             self._throttled.observe(now, self.throttle(status))
         rate = self._rate.rate()
         return View(status, rate, eta_s(status, rate), self._throttled.seconds(now))
+
+    def _hint_if_unconsumed(self, status: JobStatus) -> None:
+        """Say once if the job stays queued: a job no worker consumes waits forever."""
+        if status.state != "queued":
+            self._queued_since = None
+            return
+        now = self.clock()
+        if self._queued_since is None:
+            self._queued_since = now
+        waited = now - self._queued_since
+        if self._hinted or waited < NO_WORKER_HINT_S:
+            return
+        self._hinted = True
+        text = (
+            f"job {status.job_id[:8]} still queued after {waited:.0f} s: no worker seems to be"
+            f" consuming its queue (priority {status.priority}). Start one"
+            " (`wickson-purge worker`) with the same REDIS_URL and WICKSON_KEY_PREFIX"
+        )
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
         """Stop the live display (it stays on screen as last drawn)."""
@@ -269,7 +300,7 @@ class ProgressPrinter:
         self._progress.update(
             self._task,
             total=max(status.total, 1),
-            completed=status.done if status.total else 1,
+            completed=status.answered if status.total else 1,
             **_bar_fields(view),
         )
         self._progress.refresh()
@@ -280,7 +311,7 @@ def _bar_fields(view: View) -> dict[str, Any]:
     status = view.status
     return {
         "title": f"job {status.job_id[:8]} {status.state}",
-        "counts": f"{status.done:,}/{status.total:,} ids",
+        "counts": f"{status.answered:,}/{status.total:,} ids",
         "rate": "--- ids/s" if view.ids_per_s is None else f"{view.ids_per_s:,.0f} ids/s",
         "eta": "" if status.finished else f"ETA {format_duration(view.eta_s)}",
     }
@@ -324,8 +355,8 @@ def summary(status: JobStatus) -> str:
         lines.append(
             f"  retry of: {status.retry_of or '-'}  retried by: {status.retried_by or '-'}"
         )
-    if status.not_attempted:
-        lines.append(f"  not attempted: {status.not_attempted:,}")
+    # Always shown: a cancelled or stopped job's unsent ids are what `resume` would send.
+    lines.append(f"  not attempted: {status.not_attempted:,}")
     lines.append(
         f"  requests: {status.requests:,}  429s: {status.rate_limited:,}"
         f"  retries: {status.retries:,}"

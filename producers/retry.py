@@ -71,6 +71,7 @@ def retry_failed(
         key_alias=status.key_alias,
         priority=priority or status.priority,
         retry_of=job_id,
+        verify_input=False,  # failures stream in hash order: the same ids, not the same lines
     )
     store.link_retry(job_id, job.id)
     return job

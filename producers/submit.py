@@ -12,16 +12,17 @@ that runs), then the fleet is woken: drain runs take its batches from the store.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import redis
 
 from producers.control import wake
-from producers.ingest import INVALID_REASON, Deduplicator, Line, batched, printable, read_lines
-from worker.errors import EmptyInput, InputError
+from producers.ingest import INVALID_REASON, Deduplicator, Line, batched, quoted, read_lines, stored
+from worker.errors import EmptyInput, InputError, StoreUnavailable
 from worker.keys import Keys
 from worker.ratelimit import FleetLimiter
 from worker.settings import DEFAULT_ALIAS, Settings, get_settings
@@ -32,6 +33,9 @@ BATCHES_PER_ROUND_TRIP = 100
 """10,000 ids per pipelined write: few round trips, small pipelines."""
 INVALID_SHOWN = 20
 """Invalid lines kept for the producer's message (all of them are recorded in the job)."""
+OUTAGE_S = 60.0
+"""How long `wait_for` keeps polling through a Redis that does not answer (a restart,
+a failover) before it gives up."""
 
 
 @dataclass
@@ -102,17 +106,33 @@ def wait_for(
     timeout: float | None = None,
     poll_s: float = 0.5,
     on_progress: Callable[[JobStatus], None] | None = None,
+    outage_s: float = OUTAGE_S,
+    on_outage: Callable[[StoreUnavailable], None] | None = None,
 ) -> JobStatus:
-    """Poll job `job_id` until it finishes (or `timeout` seconds pass: TimeoutError)."""
+    """Poll job `job_id` until it finishes (or `timeout` seconds pass: TimeoutError).
+    Keeps polling through a Redis outage of up to `outage_s` seconds (`on_outage` is told
+    of each failed poll); raises StoreUnavailable after that."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    state = "unknown"
+    down_since: float | None = None
     while True:
-        status = store.status(job_id)
-        if on_progress:
-            on_progress(status)
-        if status.finished:
-            return status
+        try:
+            status = store.status(job_id)
+        except StoreUnavailable as exc:
+            now = time.monotonic()
+            down_since = now if down_since is None else down_since
+            if now - down_since >= outage_s:
+                raise
+            if on_outage:
+                on_outage(exc)
+        else:
+            down_since, state = None, status.state
+            if on_progress:
+                on_progress(status)
+            if status.finished:
+                return status
         if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(f"job {job_id} still {status.state} after {timeout:g} s")
+            raise TimeoutError(f"job {job_id} still {state} after {timeout:g} s")
         time.sleep(poll_s)
 
 
@@ -125,7 +145,7 @@ def check_reason(reason: str | None) -> str | None:
             f"reason is {len(reason)} characters long; at most {MAX_REASON_LENGTH} are allowed"
         )
     if any(not c.isprintable() for c in reason):
-        raise InputError(f"reason {printable(reason)!r} contains control characters")
+        raise InputError(f"reason {quoted(reason)} contains control characters")
     return reason.strip() or None
 
 
@@ -143,6 +163,56 @@ def check_priority(priority: str) -> Priority:
     if priority not in PRIORITIES:
         raise InputError(f"unknown priority {priority!r}: use one of {', '.join(PRIORITIES)}")
     return priority
+
+
+class InputDigest:
+    """A SHA-256 of an input's lines as read: tells a reused idempotency key's input
+    from a different one without keeping the input."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def feed(self, lines: Iterable[bytes | str]) -> Iterator[bytes | str]:
+        """Yield `lines` unchanged, hashing each on the way."""
+        for line in lines:
+            self._hash.update(
+                line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
+            )
+            self._hash.update(b"\0")  # ["ab", "c"] is not ["a", "bc"]; no id holds a NUL
+            yield line
+
+    def of(self, lines: Iterable[bytes | str]) -> str:
+        """The digest of every line of `lines` (read to the end)."""
+        for _ in self.feed(lines):
+            pass
+        return self.hexdigest()
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def check_same_input(store: JobStore, idempotency_key: str, job_id: str, digest: str) -> None:
+    """Refuse an idempotency key reused with an input other than its first one (whose
+    digest `record_input` kept); a key without a recorded digest is accepted."""
+    try:
+        first = store.redis.get(store.keys.idempotency_digest(idempotency_key))
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+    if first is not None and _text(first) != digest:
+        raise InputError(
+            f"idempotency key {quoted(idempotency_key)} was used for job {job_id} with a"
+            " different input: nothing submitted (use a new key, or the same input)"
+        )
+
+
+def record_input(store: JobStore, idempotency_key: str, digest: str) -> None:
+    """Keep the digest of the input first submitted with `idempotency_key`, as long as
+    the key itself (the store's retention)."""
+    key = store.keys.idempotency_digest(idempotency_key)
+    try:
+        store.redis.set(key, digest, ex=store.retention_s)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
 
 
 def store_for(settings: Settings, client: redis.Redis | None = None) -> JobStore:
@@ -167,11 +237,13 @@ def submit(
     sweep: str | None = None,
     retry_of: str | None = None,
     confirm: Callable[[IngestReport], bool] | None = None,
+    verify_input: bool = True,
 ) -> Job:
     """Enqueue a job deleting `ids` (lines of text or bytes; blanks and duplicates are
     dropped, invalid ids recorded as failed `invalid_id`) at `priority`. `start` replaces
     the fleet's wake-up (tests, the demo).
     `confirm`, given the counts once every id is staged, may still refuse (nothing runs).
+    With `verify_input`, an idempotency key reused with a different input is refused.
     Raises InputError."""
     settings = settings or get_settings()
     reason = check_reason(reason)
@@ -186,12 +258,17 @@ def submit(
         sweep=sweep,
         retry_of=retry_of,
     )
+    digest = InputDigest()
     if not created:
+        if idempotency_key is not None and verify_input:
+            check_same_input(store, idempotency_key, job_id, digest.of(ids))
         return Job(job_id, store)
     try:
-        report, batches = _stage(store, job_id, ids, max_ids=settings.max_job_ids)
+        report, batches = _stage(store, job_id, digest.feed(ids), max_ids=settings.max_job_ids)
         if confirm is not None and not confirm(report):
             raise InputError("not confirmed: nothing was submitted")
+        if idempotency_key is not None:
+            record_input(store, idempotency_key, digest.hexdigest())
     except BaseException:
         # A refused input must not leave a staging job (or hold its idempotency key).
         store.discard(job_id, idempotency_key)
@@ -283,7 +360,7 @@ def _scan(
             if line.problem is None:
                 unique.add(line.text)
                 continue
-            invalid[printable(line.text, 200)] = INVALID_REASON
+            invalid[stored(line.text)] = INVALID_REASON
             if len(report.invalid_lines) < INVALID_SHOWN:
                 report.invalid_lines.append(line)
             if len(invalid) >= BATCH_SIZE * BATCHES_PER_ROUND_TRIP:
@@ -296,3 +373,7 @@ def _scan(
         unique.close()
         raise
     return report, unique
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

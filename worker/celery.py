@@ -106,8 +106,23 @@ def _sweep_schedule(settings: Settings) -> dict[str, Any]:
     return beat_entries(sweeps, task=SWEEP_TASK, options=options)
 
 
+def _run_by_celery() -> bool:
+    """Whether this process is the `celery` command (worker, beat), not an app importing us."""
+    prog = sys.argv[0] if sys.argv else ""
+    return os.path.basename(prog) == "celery" or prog.endswith(
+        os.path.join("celery", "__main__.py")
+    )
+
+
 app = Celery("wickson_purge", include=["worker.tasks"])
-app.conf.update(celery_config(get_settings()))
+try:
+    app.conf.update(celery_config(get_settings()))
+except ConfigError as exc:
+    if not _run_by_celery():
+        raise  # an app importing the producer API gets the exception, never SystemExit
+    # Celery prints the whole traceback of an import error: 40 lines before the message.
+    print(f"wickson-purge: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
 
 
 @signals.worker_init.connect

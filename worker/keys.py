@@ -5,7 +5,9 @@ Layout, for prefix ``wp`` and job ``J`` (a batch is identified by its index ``i`
     wp:jobs                 zset   job id -> created (ms): the job list, newest last
     wp:active               zset   unfinished job id -> created (ms)
     wp:idem:<key>           string idempotency key -> job id (submit twice, one job)
-    wp:job:J                hash   the job record and its counters (store.RECORD_FIELDS)
+    wp:idemdigest:<key>     string SHA-256 of the input first submitted with the key
+                                   (the same key with another input is refused)
+    wp:job:J                hash   the job record and its counters (schema: store.JobStatus)
     wp:job:J:batches        hash   i -> the batch's ids, newline-joined (at most 100)
     wp:job:J:resolved       bitmap bit i*128+k: id k of batch i has its outcome
     wp:job:J:failed         hash   media id -> failure reason
@@ -101,6 +103,10 @@ class Keys:
 
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
+
+    def idempotency_digest(self, key: str) -> str:
+        """Not under `idem:<key>:`, which a key ending in ':digest' could name."""
+        return f"{self.prefix}:idemdigest:{key}"
 
     def job(self, job_id: str, suffix: str | None = None) -> str:
         base = f"{self.prefix}:job:{job_id}"

@@ -194,7 +194,10 @@ def redact(text: str) -> str:
 
 
 def _explain(exc: ValidationError) -> str:
-    lines = []
+    """One line per variable: a union's alternatives (a number, or 'auto') joined by
+    'or', so the operator reads what is allowed once, with the value given."""
+    lines: list[str] = []
+    by_name: dict[str, tuple[list[str], str]] = {}
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         if not loc:  # a cross-field rule: its input is every value, the key included
@@ -203,8 +206,9 @@ def _explain(exc: ValidationError) -> str:
         field = str(err["loc"][0])
         name = "REDIS_URL" if field.lower() == "redis_url" else f"WICKSON_{field.upper()}"
         value = "" if field.startswith("api_key") else f" (got {redact(repr(err.get('input')))})"
-        lines.append(f"  {name}: {err['msg']}{value}")
-    return "\n".join(lines)
+        by_name.setdefault(name, ([], value))[0].append(err["msg"])
+    named = [f"  {name}: {'; or '.join(msgs)}{value}" for name, (msgs, value) in by_name.items()]
+    return "\n".join(named + lines)
 
 
 @lru_cache(maxsize=1)

@@ -43,10 +43,11 @@ def _add_field_flag(parser: argparse.ArgumentParser, name: str, info: FieldInfo)
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser: --host, --port, and one flag per config field."""
+def build_parser(prog: str = "python -m ops.fake_api") -> argparse.ArgumentParser:
+    """The argument parser: --host, --port, and one flag per config field; `prog` is how
+    the usage names the command (`wickson-purge fake-api` from the CLI)."""
     parser = argparse.ArgumentParser(
-        prog="python -m ops.fake_api",
+        prog=prog,
         description="A local stand-in for the Wickson batch-delete API, with a ledger.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
@@ -56,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_argv(argv: list[str] | None = None) -> tuple[FakeApiConfig, str, int]:
+def parse_argv(
+    argv: list[str] | None = None, prog: str = "python -m ops.fake_api"
+) -> tuple[FakeApiConfig, str, int]:
     """(config, host, port) from the command line; exits with a usage error if invalid."""
-    parser = build_parser()
+    parser = build_parser(prog)
     args: dict[str, Any] = vars(parser.parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
     try:
@@ -67,9 +70,9 @@ def parse_argv(argv: list[str] | None = None) -> tuple[FakeApiConfig, str, int]:
         parser.error(str(error))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m ops.fake_api") -> int:
     """Serve the stand-in until interrupted (Ctrl+C: graceful stop, status 0)."""
-    config, host, port = parse_argv(argv)
+    config, host, port = parse_argv(argv, prog)
     limit = "unlimited" if config.rate is None else f"{config.rate:g} req/s"
 
     def announce(url: str) -> None:

@@ -8,7 +8,8 @@ Two kinds, exposed together on ``WICKSON_METRICS_PORT`` (off by default):
   Counters and histograms only, so they add up across processes.
 - **Fleet-wide**, read from Redis at scrape time by `FleetCollector`: jobs by state
   (the newest `RECENT_JOBS`), progress of running jobs, queue depth, the fleet's rate and
-  pause. Every worker reports the same values: aggregate them with ``max``, not ``sum``.
+  pause, and the fleet as the store sees it (workers, slots, drain runs, unfinished jobs).
+  Every worker reports the same values: aggregate them with ``max``, not ``sum``.
 
 Label values are bounded: a failure reason (free text from the API) becomes one of
 `REASON_CLASSES`, a request result one of `RESULTS`; no label ever carries an id, a key
@@ -271,7 +272,10 @@ class FleetCollector(Collector):
         unacked: GaugeMetricFamily,
         rate: GaugeMetricFamily,
         paused: GaugeMetricFamily,
+        fleet: GaugeMetricFamily,
     ) -> None:
+        for what, n in self.store.fleet_counts().items():
+            fleet.add_metric([what], n)
         states = self.store.recent_states(self.recent)
         for state in JOB_STATES:
             jobs.add_metric([state], sum(1 for s in states.values() if s == state))
@@ -320,6 +324,12 @@ def fleet_families() -> list[GaugeMetricFamily]:
             f"{PREFIX}_fleet_paused_seconds",
             "Seconds left in the fleet's pause after a 429, per API key alias.",
             labels=["alias"],
+        ),
+        GaugeMetricFamily(
+            f"{PREFIX}_fleet",
+            "The fleet as the store sees it: workers alive, their slots, drain runs alive or"
+            " queued, unfinished jobs.",
+            labels=["what"],
         ),
         GaugeMetricFamily(f"{PREFIX}_store_up", "1 if Redis answered this scrape, else 0."),
     ]

@@ -473,6 +473,22 @@ class JobStore:
         self.status(job_id)
         return bool(self._job("resume", job_id, []))
 
+    def fleet_counts(self) -> dict[str, int]:
+        """Workers alive, their slots, drain runs alive (or queued), unfinished jobs."""
+        with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
+            now_ms = int(time.time() * 1000)
+            pipe.zcount(self.keys.workers, now_ms, "+inf")
+            pipe.hvals(f"{self.keys.workers}:slots")
+            pipe.zcount(self.keys.drains, now_ms, "+inf")
+            pipe.zcard(self.keys.active)
+            workers, slots, drains, active = pipe.execute()
+        return {
+            "workers": int(workers),
+            "slots": sum(int(n) for n in slots),
+            "drains": int(drains),
+            "unfinished_jobs": int(active),
+        }
+
     def active_jobs(self) -> list[str]:
         """Every unfinished job (queued, running, paused, stopping), oldest first."""
         with _store_errors():

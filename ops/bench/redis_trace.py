@@ -30,12 +30,9 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
 
 def script_names() -> dict[str, str]:
     """SHA1 -> script name for every Lua script the worker registers."""
-    from worker import ratelimit, store
+    from worker.scripts import SCRIPTS
 
-    names = {_sha1(ratelimit._SCRIPT): "ratelimit"}
-    for name in ("claim", "commit", "seal", "start", "stop"):
-        names[_sha1(store._load_script(f"{name}.lua"))] = name
-    return names
+    return {_sha1(source): name for name, source in SCRIPTS.items()}
 
 
 def _sha1(script: str) -> str:

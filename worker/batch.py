@@ -153,7 +153,9 @@ class BatchRun:
         except _HandBack as back:
             if not self.pending:  # the stop closed every id left: nothing to hand back
                 return Verdict.STOPPED
-            self._commit(BatchCommit(release="later", later_ms=int(back.later_s * 1000)))
+            never_sent = not self.taken.sent_before and self.stats.requests == 0
+            later_ms = int(back.later_s * 1000)
+            self._commit(BatchCommit(release="later", later_ms=later_ms, unsent=never_sent))
             self.log.info("batch.handed_back", later_s=round(back.later_s, 3), why=back.why)
             return Verdict.HANDED_BACK
         if self.pending:  # the last request's answer left ids for another run

@@ -173,6 +173,9 @@ class BatchCommit:
     """keep: the run goes on with the batch; later: it hands the batch back."""
     later_ms: int = 0
     """With release 'later': the batch is takeable again this many ms from now."""
+    unsent: bool = False
+    """With release 'later': no request was ever sent for the batch, so a stop counts its
+    ids not_attempted at once instead of sending one to confirm them."""
 
     def payload(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -5,7 +5,7 @@
 --   failed = [[pos, reason]], not_attempted = [[pos, reason]], hd / ld vector counts,
 --   attempts (failed API attempts), requests, rate_limited, retries, operation_id,
 --   last_error, release = 'keep' (the run goes on) | 'later' (hand the batch back;
---   takeable again in later_ms).
+--   takeable again in later_ms; unsent = true: no request was ever sent for it).
 -- Reply (named): status (ok | lost), counted, batch_done (0/1), job_finished (0/1), state.
 local index, token = tonumber(ARGV[1]), ARGV[2]
 local p = cjson.decode(ARGV[3])
@@ -54,6 +54,8 @@ if resolved_count(index) >= #ids then
 elseif p.release == 'later' then
   redis.call('ZADD', K_PENDING, now_ms() + p.later_ms, index)
   redis.call('HDEL', K_OWNERS, index)
+  -- take.lua marked it possibly sent; a stop may count a batch never sent not_attempted.
+  if p.unsent then redis.call('SREM', K_SENT, index) end
 end
 return record({status = 'ok', counted = new, batch_done = batch_done, job_finished = finished,
                state = redis.call('HGET', K_JOB, 'state')})

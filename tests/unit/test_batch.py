@@ -706,6 +706,24 @@ def test_a_run_that_renews_on_a_paused_job_hands_back_without_sending(
     assert store.status(job_id).deleted == 10
 
 
+def test_a_batch_handed_back_before_its_first_request_is_not_attempted_at_a_stop(
+    make_job, make_run, wickson, store, ids, clock
+) -> None:
+    """Handed back while waiting for its send slot (the job paused), the batch was never
+    sent: cancelling the job counts its ids not_attempted at once; no request is sent."""
+    job_id = make_job(ids(10))
+    store.redis.hset(store.keys.limiter(), "tat", int((clock.now + 2) * 1e6))  # slot in 2 s
+    api = wickson(existing=ids(10))
+    run = make_run(api, owner="first")
+    store.pause(job_id)
+    assert run.run() == Verdict.HANDED_BACK
+    assert store.stop(job_id, "cancelled", "CANCELLED: by a test")
+    s = store.status(job_id)
+    assert (s.state, s.not_attempted) == ("cancelled", 10)
+    assert take_any(store) == NoBatch("idle")
+    assert api.requests == []
+
+
 def test_a_job_paused_between_requests_stops_sending(
     make_job, make_run, wickson, store, ids
 ) -> None:

@@ -687,6 +687,30 @@ def test_a_reopened_batch_never_sent_is_closed_not_attempted_by_a_stop(
     assert take_any(store) == NoBatch("idle")
 
 
+def test_a_batch_handed_back_unsent_is_closed_not_attempted_by_a_stop(make_job, store, ids) -> None:
+    """A run that hands its batch back before any request says so (unsent): the stop
+    counts its ids not_attempted at once; handed back after a request, it is confirmed."""
+    job_id = make_job(ids(200))
+    first, second = take(store, "a"), take(store, "b")
+    store.commit(job_id, first.index, "a", BatchCommit(release="later", unsent=True))
+    store.commit(job_id, second.index, "b", BatchCommit(release="later", requests=1))
+    store.stop(job_id, "cancelled", "CANCELLED: test")
+    s = store.status(job_id)
+    assert (s.state, s.not_attempted) == ("stopping", 100)
+    rows = {r.media_id: r.outcome for r in store.iter_outcomes(job_id)}
+    assert (rows[ids(200)[0]], rows[ids(200)[100]]) == ("not_attempted", "pending")
+    again = take(store, "c")
+    assert (again.index, again.sent_before) == (second.index, True)
+
+
+def test_a_batch_handed_back_unsent_is_taken_again_as_never_sent(make_job, store, ids) -> None:
+    """Handed back unsent, the batch's next take does not say it may have been sent."""
+    job_id = make_job(ids(10))
+    take(store, "a")
+    store.commit(job_id, 0, "a", BatchCommit(release="later", unsent=True))
+    assert take(store, "b").sent_before is False
+
+
 @pytest.mark.parametrize("when", ["finished", "stopped", "staging", "unknown"])
 def test_stop_does_nothing_to_a_finished_staging_or_unknown_job(
     make_job, store: JobStore, ids, when: str

@@ -45,7 +45,7 @@ local function pick(state)
       end
     elseif runs > max_runs then
       redis.call('HSET', K_RUNS, index, runs)
-      local why = 'worker_crash_loop: ' .. (runs - 1) ..
+      local why = 'worker_crash_loop: ' .. runs ..
         ' runs ended without a verdict (the API may have deleted some)'
       if close_batch(index, 'failed', why)[2] == 1 then return nil end
     else

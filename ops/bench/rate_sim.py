@@ -209,7 +209,13 @@ SCENARIOS: list[tuple[str, dict[str, Any]]] = [
     ("ours 150 > L=100 (too high)", {"server_rate": 100, "ours": 150}),
     ("auto, L 100 -> 50 -> 200", {"server_rate": 100, "ours": "auto", "slots": 24,
                                   "changes": [(120.0, 50.0), (240.0, 200.0)], "duration_s": 360.0}),
+    ("auto L=100 cold 60 s, Retry-After", {"server_rate": 100, "ours": "auto",
+                                           "duration_s": 60.0, "skip_s": 0.0}),
+    ("auto L=100 cold 60 s, no hint", {"server_rate": 100, "ours": "auto", "headers": "none",
+                                       "duration_s": 60.0, "skip_s": 0.0}),
 ]  # fmt: skip
+"""Scenarios: name, simulate() arguments (`skip_s`: seconds of convergence not counted,
+20 by default; the cold ones count the climb from 10 req/s too)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -228,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'scenario':<38} {'util':>6} {'429/1k':>7} {'max/1s':>7} {'wall s':>7}")
     for name, kwargs in scenarios:
         started = time.perf_counter()
-        summary = simulate(**kwargs).summary()
+        args = dict(kwargs)
+        skip_s = float(args.pop("skip_s", 20.0))
+        summary = simulate(**args).summary(skip_s)
         print(
             f"{name:<38} {summary['utilisation']:>6.3f} {summary['r429_per_1000']:>7.2f}"
             f" {summary['max_in_1s']:>7.0f} {time.perf_counter() - started:>7.1f}"

@@ -32,7 +32,7 @@ local function limiter(key, op, default_rate, burst, max_wait_us, pause_us, limi
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local h = redis.call('HMGET', key, 'tat', 'paused_until', 'rate', 'wmax', 't0', 'ceiling',
-                       'm_t', 'm_n', 'm_rate', 'c')
+                       'm_t', 'm_n', 'm_rate', 'c', 'm_last')
   local tat, paused = tonumber(h[1] or now), tonumber(h[2] or 0)
   local setting = h[3] or default_rate
   local configured = tonumber(setting)  -- nil for 'auto'
@@ -53,6 +53,9 @@ local function limiter(key, op, default_rate, burst, max_wait_us, pause_us, limi
     local r = wmax * (1 + c * (secs - k) ^ 3)
     -- A configured rate is held as is until the API first says 429 ('c' is set then).
     if configured and not h[10] then r = configured end
+    -- 'auto' before its first 429: slow start. Only the measured-rate cap below bounds the
+    -- climb (x1.8 per 0.5 s bucket: 10 to 400 req/s in about 3 s, not CUBIC's 15 s+).
+    if not configured and not h[10] then r = m_rate > 0 and math.huge or START end
     if configured then r = math.min(r, configured) end
     if ceiling > 0 then r = math.min(r, ceiling) end
     if m_rate > 0 then r = math.min(r, math.max(2 * m_rate, START)) end
@@ -82,6 +85,10 @@ local function limiter(key, op, default_rate, burst, max_wait_us, pause_us, limi
     if until_ > paused then
       paused = until_
       put('paused_until', string.format('%d', paused))
+      -- Measure again from the pause's end: a bucket spanning the pause would read the
+      -- fleet's rate as a trickle, and the 2x cap would hold the fleet down for seconds.
+      put('m_t', string.format('%d', paused))
+      put('m_n', '0')
     end
     -- The state outlives the pause it holds by an hour, whatever the pause.
     save(math.floor((paused - now) / 1000) + 3600000)
@@ -107,6 +114,7 @@ local function limiter(key, op, default_rate, burst, max_wait_us, pause_us, limi
   if now - m_t >= 500000 then
     local sample = (m_n + 1) * 1000000 / (now - m_t)
     put('m_rate', tostring(0.8 * sample + 0.2 * m_rate))
+    put('m_last', tostring(sample))
     put('m_t', string.format('%d', now))
     put('m_n', '0')
   else

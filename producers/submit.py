@@ -21,6 +21,7 @@ import redis
 
 from producers.control import send_start
 from producers.ingest import INVALID_REASON, Deduplicator, Line, batched, printable, read_lines
+from worker import webhooks
 from worker.errors import EmptyInput, InputError
 from worker.keys import Keys
 from worker.ratelimit import FleetLimiter
@@ -168,14 +169,18 @@ def submit(
     sweep: str | None = None,
     retry_of: str | None = None,
     confirm: Callable[[IngestReport], bool] | None = None,
+    callback_url: str | None = None,
 ) -> Job:
     """Enqueue a job deleting `ids` (lines of text or bytes; blanks and duplicates are
     dropped, invalid ids recorded as failed `invalid_id`) on the queue of `priority`.
     `confirm`, given the counts once every id is staged, may still refuse (nothing runs).
+    `callback_url` gets the final status once the job ends (worker/webhooks.py).
     Raises InputError."""
     settings = settings or get_settings()
     reason = check_reason(reason)
     check_priority(priority)
+    if callback_url is not None:
+        webhooks.check_callback_url(callback_url, allow_insecure=settings.webhook_allow_insecure)
     store = store_for(settings, client)
     check_alias(store, key_alias)
     job_id, created = store.create(
@@ -189,6 +194,8 @@ def submit(
     if not created:
         return Job(job_id, store)
     try:
+        if callback_url is not None:
+            webhooks.register(store, job_id, callback_url)
         report, batches = _stage(store, job_id, ids, max_ids=settings.max_job_ids)
         if confirm is not None and not confirm(report):
             raise InputError("not confirmed: nothing was submitted")

@@ -25,6 +25,10 @@ Layout, for prefix ``wp`` and job ``J`` (a batch is identified by its index ``i`
     wp:sweep:<name>:<tick>  string the run that owns sweep <name>'s tick (SET NX, expires):
                                    a tick runs once, however many beats sent it
     wp:sweep:<name>:runs    list   the sweep's runs, newest first (JSON; capped)
+    wp:webhooks             zset   job id -> when (ms) its completion webhook is next due
+    wp:webhook:J:lock       string the process delivering job J's webhook now (SET NX PX)
+    wp:svc:idem:<key>       string an HTTP Idempotency-Key -> sha256 of its request
+    wp:svc:session:<id>     string a console session: token name and CSRF token (expires)
 
 Ids are packed 100 to a hash field: a 10M-id job is 100k fields, near the raw bytes.
 """
@@ -93,6 +97,20 @@ class Keys:
 
     def sweep_runs(self, name: str) -> str:
         return f"{self.prefix}:sweep:{name}:runs"
+
+    @property
+    def webhooks(self) -> str:
+        return f"{self.prefix}:webhooks"
+
+    def webhook_lock(self, job_id: str) -> str:
+        return f"{self.prefix}:webhook:{job_id}:lock"
+
+    def http_idempotency(self, key: str) -> str:
+        """The request hash behind an HTTP Idempotency-Key (the service's, per tenant)."""
+        return f"{self.prefix}:svc:idem:{key}"
+
+    def console_session(self, session_id: str) -> str:
+        return f"{self.prefix}:svc:session:{session_id}"
 
     def job_keys(self, job_id: str) -> list[str]:
         """The record and every per-job structure, in the order the Lua scripts expect."""

@@ -40,7 +40,9 @@ class Body:
     def lines(self) -> Iterator[bytes]:
         """The body's lines, streamed from the start."""
         self.file.seek(0)
-        yield from self.file
+        # A loop, not `yield from`: closing this generator early must not close the file.
+        for line in self.file:  # noqa: UP028 (see above)
+            yield line
 
     def close(self) -> None:
         self.file.close()
@@ -82,7 +84,8 @@ def parse_json(body: Body) -> dict[str, Any]:
 
 def check_csv_header(body: Body) -> None:
     """A text/csv body must start with a header naming the id column (422 otherwise)."""
-    for raw in body.lines():
+    body.file.seek(0)
+    for raw in iter(body.file.readline, b""):
         line = raw.decode("utf-8", "replace").removeprefix("\ufeff").strip()
         if not line:
             continue

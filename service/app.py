@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import redis
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -15,6 +16,7 @@ from producers.submit import store_for
 from service import routes_fleet, routes_jobs
 from service.auth import TokenTable
 from service.context import ServiceContext
+from service.models import explain
 from service.settings import ServiceSettings, load_service_settings
 from worker.errors import ConfigError, InputError, JobNotFound, StoreUnavailable
 
@@ -62,9 +64,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def bad_input(_request: Request, exc: InputError) -> JSONResponse:
         return _problem(422, str(exc))
 
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _problem(422, explain(exc.errors()))
+
     @app.exception_handler(ValidationError)
     async def bad_model(_request: Request, exc: ValidationError) -> JSONResponse:
-        return _problem(422, str(exc))
+        return _problem(422, explain(exc.errors()))
 
     @app.exception_handler(StoreUnavailable)
     @app.exception_handler(redis.ConnectionError)

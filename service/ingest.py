@@ -89,7 +89,10 @@ def check_csv_header(body: Body) -> None:
         line = raw.decode("utf-8", "replace").removeprefix("\ufeff").strip()
         if not line:
             continue
-        names = [n.strip().lower() for n in next(csv.reader([line]))]
+        try:
+            names = [n.strip().lower() for n in next(csv.reader([line]))]
+        except csv.Error as exc:
+            raise HTTPException(422, f"the CSV header line could not be read: {exc}") from None
         if not HEADER_WORDS.intersection(names):
             raise HTTPException(
                 422,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -128,6 +129,15 @@ class Problem(BaseModel):
     """Every 4xx and 5xx: what is wrong, naming the field or line."""
 
     detail: str
+
+
+def explain(errors: Sequence[Any]) -> str:
+    """Validation errors as one line per field: 'query.priority: Input should be ...'."""
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", ())) or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
 
 
 class Health(BaseModel):

@@ -17,7 +17,7 @@ from service.views import visible_job
 
 router = APIRouter(tags=["fleet"])
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem} for code in (401, 403, 404, 422, 503)
+    code: {"model": Problem} for code in (400, 401, 403, 404, 422, 503)
 }
 
 

@@ -31,6 +31,7 @@ from service.models import (
     Problem,
     RetryStarted,
     Submitted,
+    explain,
 )
 from service.views import job_view, public_outcome, visible_job, visible_jobs
 from worker.errors import InputError
@@ -44,7 +45,7 @@ REPORT_CHUNK_ROWS = 1_000
 """Rows per chunk of a streamed report."""
 
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem} for code in (401, 403, 404, 409, 413, 415, 422, 503)
+    code: {"model": Problem} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)
 }
 _IDS_SCHEMA = {"type": "string", "example": "vec-0000001\nvec-0000002\n"}
 SUBMIT_BODY: dict[str, Any] = {
@@ -111,6 +112,8 @@ async def create_job(
         if ingest.too_large(exc):
             raise HTTPException(413, str(exc)) from None
         raise
+    except csv.Error as exc:  # read_lines' CSV parser on a line it cannot read
+        raise HTTPException(422, f"a CSV line could not be read: {exc}") from None
     finally:
         body.close()
     return _submitted(job)
@@ -127,7 +130,7 @@ def _ids_and_params(
     try:
         request = JobRequest.model_validate(ingest.parse_json(body))
     except ValidationError as exc:
-        raise HTTPException(422, _explain(exc)) from None
+        raise HTTPException(422, explain(exc.errors())) from None
     for name in params:
         value = getattr(request, name)
         if value is not None:
@@ -214,12 +217,6 @@ def _submitted(job: Job) -> Submitted:
         duplicates=report.duplicates,
         invalid_lines=_invalid_lines(report),
         status_url=url,
-    )
-
-
-def _explain(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
     )
 
 

@@ -317,3 +317,14 @@ def test_health_and_readiness_answer_without_a_token(api: Api) -> None:
     anonymous = api(None)
     assert anonymous.get("/healthz").json() == {"status": "ok"}
     assert anonymous.get("/readyz").json() == {"status": "ok"}
+
+
+def test_a_csv_line_with_a_bare_carriage_return_is_refused_not_a_crash(api: Api) -> None:
+    """A CSV header or row the csv module cannot read (a lone CR) is a 422, not a 500
+    (found by schemathesis)."""
+    shop, csv_type = api("shop"), {"Content-Type": "text/csv"}
+    header = shop.post("/v1/jobs", content=b"media_\rid,x\nvec-1,a\n", headers=csv_type)
+    row = shop.post("/v1/jobs", content=b"media_id,x\nvec\r-1,a\n", headers=csv_type)
+    plain = shop.post("/v1/jobs", content=b"a,b\rc\n", headers=TEXT, params={"dry_run": "true"})
+    assert (header.status_code, row.status_code, plain.status_code) == (422, 422, 422)
+    assert "CSV" in row.json()["detail"]

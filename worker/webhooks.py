@@ -125,7 +125,7 @@ def destination_problem(url: str, *, allow_insecure: bool) -> str | None:
 
 def _url_problem(url: str, *, allow_insecure: bool) -> str | None:
     if len(url) > MAX_URL_LENGTH or any(c.isspace() or not c.isprintable() for c in url):
-        return f"must be a URL of at most {MAX_URL_LENGTH} printable characters"
+        return f"must be a URL of at most {MAX_URL_LENGTH:,} printable characters"
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -138,6 +138,7 @@ def _url_problem(url: str, *, allow_insecure: bool) -> str | None:
         return None
     if parts.scheme != "https":
         return "must use https:// (WICKSON_WEBHOOK_ALLOW_INSECURE allows http)"
+    host = host.rstrip(".")  # "localhost." is localhost
     if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
         return "must not name a local host"
     try:

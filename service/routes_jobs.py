@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
@@ -268,7 +268,14 @@ def get_report(
     """Every unique id's outcome (or only `outcome`s), in flat memory."""
     store = get_context(request).store
     visible_job(store, principal, job_id, request)
-    rows = _report_rows(store, job_id, frozenset(outcome or ()))
+    return report_response(store, job_id, outcome or [], fmt)
+
+
+def report_response(
+    store: JobStore, job_id: str, outcomes: Sequence[str], fmt: str
+) -> StreamingResponse:
+    """A job's report streamed as a CSV or JSONL download (only `outcomes`, if any)."""
+    rows = _report_rows(store, job_id, frozenset(outcomes))
     media = "text/csv" if fmt == "csv" else "application/x-ndjson"
     filename = f"{job_id}-report.{fmt}"
     return StreamingResponse(

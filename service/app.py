@@ -6,6 +6,9 @@ FastAPI, because the models at our edges are pydantic already and the OpenAPI do
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,7 +37,7 @@ def create_app(
     from worker.celery import app as celery_app
 
     celery_app.conf.broker_url = settings.redis_url
-    app = FastAPI(title="wickson-purge", version="1", description=DESCRIPTION)
+    app = FastAPI(title="wickson-purge", version="1", description=DESCRIPTION, lifespan=_lifespan)
     app.state.ctx = ServiceContext(
         settings=settings,
         store=store_for(settings, redis_client),
@@ -47,6 +50,13 @@ def create_app(
 
     console.mount(app)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """On shutdown, delete the console's pending uploads."""
+    yield
+    app.state.uploads.close()
 
 
 def _problem(status: int, detail: str) -> JSONResponse:

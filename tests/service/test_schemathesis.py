@@ -20,10 +20,13 @@ from schemathesis.checks import (
 from service.app import create_app
 from service.settings import load_service_settings
 from tests.service.conftest import TOKENS, Service, token_table
+from tests.services import REDIS_URL
 
 pytestmark = pytest.mark.integration
 
-_document = create_app(load_service_settings(service_tokens=json.loads(token_table()))).openapi()
+# The test Redis: create_app points this process's Celery producer at its settings' Redis.
+_settings = load_service_settings(redis_url=REDIS_URL, service_tokens=json.loads(token_table()))
+_document = create_app(_settings).openapi()
 schema = schemathesis.openapi.from_dict(_document)
 CHECKS = [
     not_a_server_error,

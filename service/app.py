@@ -6,11 +6,14 @@ FastAPI, because the models at our edges are pydantic already and the OpenAPI do
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
+import structlog
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -22,6 +25,10 @@ from service.context import ServiceContext
 from service.models import explain
 from service.settings import ServiceSettings, load_service_settings
 from worker.errors import ConfigError, InputError, JobNotFound, StoreUnavailable
+from worker.series import SAMPLE_EVERY_S, record_progress
+from worker.store import JobStore
+
+log = structlog.get_logger("wickson_purge.service")
 
 DESCRIPTION = """Delete media from the Wickson API at scale: submit a job of media ids,
 follow it, control it, read its completion report. Authenticate with a bearer token.
@@ -54,9 +61,22 @@ def create_app(
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """On shutdown, delete the console's pending uploads."""
+    """Sample job progress for the charts while serving; on shutdown, stop and delete the
+    console's pending uploads."""
+    sampler = asyncio.create_task(_sample_progress(app.state.ctx.store))
     yield
+    sampler.cancel()
     app.state.uploads.close()
+
+
+async def _sample_progress(store: JobStore) -> None:
+    """record_progress every tick (one process per tick samples, whoever calls it)."""
+    while True:
+        try:
+            await run_in_threadpool(record_progress, store)
+        except (StoreUnavailable, redis.RedisError) as exc:
+            log.warning("series.sample_failed", error=str(exc))
+        await asyncio.sleep(SAMPLE_EVERY_S)
 
 
 def _problem(status: int, detail: str) -> JSONResponse:

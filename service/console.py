@@ -31,6 +31,7 @@ from service.settings import Scope
 from service.uploads import Uploads
 from service.views import job_view, visible_job, visible_jobs
 from worker.errors import InputError
+from worker.series import series
 from worker.store import PRIORITIES, JobStatus
 
 HERE = Path(__file__).parent
@@ -211,8 +212,10 @@ def job_live(
     """The job's view as JSON, polled by its page."""
     allowed(request, session, "read")
     status = console_job(request, session, job_id[:64])
-    view = job_view(get_context(request).store, status, webhook=False)
-    return JSONResponse(row(view, time.time()))
+    store = get_context(request).store
+    data = row(job_view(store, status, webhook=False), time.time())
+    data["series"] = [[s.t, s.done, s.rate_limited] for s in series(store, status.job_id)]
+    return JSONResponse(data)
 
 
 @router.get("/jobs/{job_id}/report")

@@ -26,6 +26,8 @@ Layout, for prefix ``wp`` and job ``J`` (a batch is identified by its index ``i`
                                    a tick runs once, however many beats sent it
     wp:sweep:<name>:runs    list   the sweep's runs, newest first (JSON; capped)
     wp:webhooks             zset   job id -> when (ms) its completion webhook is next due
+    wp:job:J:series         list   progress samples "t_ms,done,deleted,failed,429s" (capped)
+    wp:series:tick:<n>      string the process that sampled progress in tick n (SET NX PX)
     wp:webhook:J:lock       string the process delivering job J's webhook now (SET NX PX)
     wp:svc:idem:<key>       string an HTTP Idempotency-Key -> sha256 of its request
     wp:svc:session:<id>     string a console session: token name and CSRF token (expires)
@@ -104,6 +106,13 @@ class Keys:
 
     def webhook_lock(self, job_id: str) -> str:
         return f"{self.prefix}:webhook:{job_id}:lock"
+
+    def job_series(self, job_id: str) -> str:
+        """A job's progress samples (worker/series.py), outside the scripts' job keys."""
+        return f"{self.prefix}:job:{job_id}:series"
+
+    def series_tick(self, tick: int) -> str:
+        return f"{self.prefix}:series:tick:{tick}"
 
     def http_idempotency(self, key: str) -> str:
         """The request hash behind an HTTP Idempotency-Key (the service's, per tenant)."""

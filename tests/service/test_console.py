@@ -123,7 +123,7 @@ def test_pause_resume_and_cancel_from_the_job_page(
     sign_in(page, "shop")
     page.goto(f"/console/jobs/{job}")
     expect(page.locator("#state")).to_have_text("running", timeout=20_000)
-    expect(page.locator("#chart-note")).to_contain_text("sampled", timeout=20_000)
+    expect(page.locator("#chart-note")).to_contain_text("samples since it started", timeout=20_000)
     shot(page, "07-job-running")
     page.click("button:has-text('Pause')")
     expect(page.locator("#state")).to_have_text("paused")

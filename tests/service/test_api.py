@@ -328,3 +328,25 @@ def test_a_csv_line_with_a_bare_carriage_return_is_refused_not_a_crash(api: Api)
     plain = shop.post("/v1/jobs", content=b"a,b\rc\n", headers=TEXT, params={"dry_run": "true"})
     assert (header.status_code, row.status_code, plain.status_code) == (422, 422, 422)
     assert "CSV" in row.json()["detail"]
+
+
+def test_retry_failed_over_http_deletes_the_retryable_failures_in_a_linked_job(
+    api: Api, fake_api: Callable[..., RunningFakeApi], workers: Callable[..., WorkerProcess]
+) -> None:
+    """500s with one attempt allowed fail 300 ids retryably; retry-failed makes one linked
+    job (the same one when asked twice) that deletes them."""
+    fake = fake_api(items=2_000)
+    fake.api.script(["500_before"] * 3)
+    workers(fake.url, rate_limit=200, concurrency=1, max_attempts=1)
+    shop = api("shop")
+    job = submit_text(shop, owned(1_000)).json()["job_id"]
+    first = wait_state(shop, job, "completed")
+    assert first["failed"] == 300
+    retry = shop.post(f"/v1/jobs/{job}/retry-failed")
+    assert retry.status_code == 200, retry.text
+    retry_id = retry.json()["job_id"]
+    assert shop.post(f"/v1/jobs/{job}/retry-failed").json()["job_id"] == retry_id
+    final = wait_state(shop, retry_id, "completed")
+    assert (final["retry_of"], final["total"], final["deleted"]) == (job, 300, 300)
+    assert shop.get(f"/v1/jobs/{job}").json()["retried_by"] == retry_id
+    assert fake.api.ledger().deleted == 1_000

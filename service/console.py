@@ -61,7 +61,11 @@ def mount(app: FastAPI) -> None:
             return RedirectResponse("/console/login", status_code=303)
         session = sessions.current(get_context(request), request)
         return templates.TemplateResponse(
-            request, "error.html", {"session": session, "message": exc.message}, exc.status
+            request,
+            "error.html",
+            {"session": session, "message": exc.message},
+            exc.status,
+            headers=security_headers(),
         )
 
     @app.get("/", include_in_schema=False)
@@ -97,7 +101,27 @@ async def checked_form(request: Request, session: sessions.Session) -> FormData:
 def page(
     request: Request, name: str, session: sessions.Session | None, **context: Any
 ) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, {"session": session, **context})
+    """A rendered page whose scripts run only by this response's nonce (CSP), unframable."""
+    nonce = secrets.token_urlsafe(16)
+    response = templates.TemplateResponse(
+        request, name, {"session": session, "nonce": nonce, **context}
+    )
+    response.headers.update(security_headers(nonce))
+    return response
+
+
+def security_headers(nonce: str | None = None) -> dict[str, str]:
+    """No framing (a Cancel button under someone else's page), no foreign scripts."""
+    script = f"'nonce-{nonce}'" if nonce else "'none'"
+    return {
+        "Content-Security-Policy": (
+            f"default-src 'self'; script-src {script}; style-src 'self' 'unsafe-inline';"
+            " img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+        ),
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+    }
 
 
 def console_job(request: Request, session: sessions.Session, job_id: str) -> JobStatus:

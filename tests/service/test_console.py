@@ -165,13 +165,16 @@ def test_forms_without_the_sessions_csrf_token_are_refused(
     page: Page, api: Api, service: Service
 ) -> None:
     """A POST with no or another CSRF token does nothing (403, logged); the session
-    cookie is HttpOnly and SameSite=Strict."""
+    cookie is HttpOnly and SameSite=Strict; pages cannot be framed."""
     job = (
         api("shop")
         .post("/v1/jobs", content=text_body(owned(5)), headers={"Content-Type": "text/plain"})
         .json()["job_id"]
     )
     sign_in(page, "shop")
+    headers = page.request.get("/console/jobs").headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY"
     [cookie] = [c for c in page.context.cookies() if c["name"] == "wp_session"]
     assert cookie["httpOnly"] is True
     assert cookie["sameSite"] == "Strict"

@@ -50,6 +50,8 @@ def create_app(
         store=store_for(settings, redis_client),
         tokens=TokenTable(settings.tokens()),
     )
+    if not settings.tokens():
+        log.warning("service.no_tokens", hint="set WICKSON_SERVICE_TOKENS: every request is 401")
     app.include_router(routes_jobs.router)
     app.include_router(routes_fleet.router)
     _add_error_handlers(app)

@@ -3,6 +3,7 @@ and the controls (pause, resume, cancel, retry-failed)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -85,38 +86,52 @@ async def create_job(
         raise HTTPException(
             415, f"send ids as text/plain, text/csv or application/json, not {media[:80]!r}"
         )
-    settings = ctx.settings
-    limit = (
-        settings.service_max_json_bytes
-        if media == ingest.JSON_TYPE
-        else settings.max_job_ids * ingest.BYTES_PER_LINE + 1_048_576
-    )
-    body = await ingest.spool(request, max_bytes=limit)
+    body = await ingest.spool(request, max_bytes=_body_limit(ctx, media))
     params: dict[str, Any] = {
         "reason": reason, "priority": priority, "dry_run": dry_run_,
         "callback_url": callback_url, "key_alias": key_alias,
     }  # fmt: skip
-    try:
-        lines = _ids_and_params(body, media, params, settings.max_job_ids)
-        alias = params["key_alias"] or principal.default_alias
-        if not principal.sees(alias):
-            raise refuse(403, f"this token may not use key alias {alias!r}", request, principal)
-        if params["callback_url"] and settings.webhook_secret is None:
-            raise HTTPException(422, "callback_url: the service has no WICKSON_WEBHOOK_SECRET")
-        params.update(key_alias=alias, priority=params["priority"] or "normal")
+    with _ingest_errors(), contextlib.closing(body):
+        lines = _ids_and_params(body, media, params, ctx.settings.max_job_ids)
+        _check_params(ctx, principal, params, request)
         if params["dry_run"]:
             plan = await run_in_threadpool(_dry_run, ctx, lines, params)
             return JSONResponse(_dry_run_result(plan).model_dump(mode="json"))
         job = await _submit(ctx, lines, params, media, body.sha256, idempotency_key)
+    return _submitted(job)
+
+
+def _body_limit(ctx: ServiceContext, media: str) -> int:
+    """Bytes a body may have: JSON is parsed whole; text is bounded by the id limit."""
+    if media == ingest.JSON_TYPE:
+        return ctx.settings.service_max_json_bytes
+    return ctx.settings.max_job_ids * ingest.BYTES_PER_LINE + 1_048_576
+
+
+def _check_params(
+    ctx: ServiceContext, principal: Principal, params: dict[str, Any], request: Request
+) -> None:
+    """Resolve the key alias (403 if not the token's) and the priority; a callback needs
+    the signing secret."""
+    alias = params["key_alias"] or principal.default_alias
+    if not principal.sees(alias):
+        raise refuse(403, f"this token may not use key alias {alias!r}", request, principal)
+    if params["callback_url"] and ctx.settings.webhook_secret is None:
+        raise HTTPException(422, "callback_url: the service has no WICKSON_WEBHOOK_SECRET")
+    params.update(key_alias=alias, priority=params["priority"] or "normal")
+
+
+@contextlib.contextmanager
+def _ingest_errors() -> Iterator[None]:
+    """The producer's refusals as HTTP: too many ids 413, a CSV line it cannot read 422."""
+    try:
+        yield
     except InputError as exc:
         if ingest.too_large(exc):
             raise HTTPException(413, str(exc)) from None
         raise
     except csv.Error as exc:  # read_lines' CSV parser on a line it cannot read
         raise HTTPException(422, f"a CSV line could not be read: {exc}") from None
-    finally:
-        body.close()
-    return _submitted(job)
 
 
 def _ids_and_params(

@@ -283,6 +283,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_worker)
 
+    p = sub.add_parser("serve", help="the HTTP API and web console (needs the 'service' extra)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(run=_serve)
+
     p = sub.add_parser("fake-api", help="run the local API stand-in (see --help)", add_help=False)
     p.set_defaults(run=_fake_api)
 
@@ -711,6 +716,12 @@ def _worker(_args: argparse.Namespace, rest: list[str]) -> int:
 
     app.worker_main(["worker", *(rest or ["--loglevel=INFO"])])
     return EXIT_OK
+
+
+def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
+    from service.serve import serve
+
+    return serve(args.host, args.port)
 
 
 def _fake_api(_args: argparse.Namespace, rest: list[str]) -> int:

@@ -22,6 +22,7 @@ import redis
 
 from producers.control import wake
 from producers.ingest import INVALID_REASON, Deduplicator, Line, batched, quoted, read_lines, stored
+from worker import webhooks
 from worker.errors import EmptyInput, InputError, StoreUnavailable
 from worker.keys import Keys
 from worker.ratelimit import FleetLimiter
@@ -238,16 +239,20 @@ def submit(
     retry_of: str | None = None,
     confirm: Callable[[IngestReport], bool] | None = None,
     verify_input: bool = True,
+    callback_url: str | None = None,
 ) -> Job:
     """Enqueue a job deleting `ids` (lines of text or bytes; blanks and duplicates are
     dropped, invalid ids recorded as failed `invalid_id`) at `priority`. `start` replaces
     the fleet's wake-up (tests, the demo).
     `confirm`, given the counts once every id is staged, may still refuse (nothing runs).
     With `verify_input`, an idempotency key reused with a different input is refused.
+    `callback_url` gets the final status once the job ends (worker/webhooks.py).
     Raises InputError."""
     settings = settings or get_settings()
     reason = check_reason(reason)
     check_priority(priority)
+    if callback_url is not None:
+        webhooks.check_callback_url(callback_url, allow_insecure=settings.webhook_allow_insecure)
     store = store_for(settings, client)
     check_alias(store, key_alias)
     job_id, created = store.create(
@@ -264,6 +269,8 @@ def submit(
             check_same_input(store, idempotency_key, job_id, digest.of(ids))
         return Job(job_id, store)
     try:
+        if callback_url is not None:
+            webhooks.register(store, job_id, callback_url)
         report, batches = _stage(store, job_id, digest.feed(ids), max_ids=settings.max_job_ids)
         if confirm is not None and not confirm(report):
             raise InputError("not confirmed: nothing was submitted")

@@ -63,47 +63,59 @@ class Keeper:
         self.interval_s = interval_s
         self.lost_writes_margin = lost_writes_margin
         self.extra = list(extra)
-        """More periodic duties (e.g. webhook delivery), called after each wake."""
+        """More periodic duties (webhook delivery, progress samples), in a thread of their
+        own: a slow webhook receiver must never delay a wake-up."""
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def tick(self) -> int:
         """One round: heartbeat, lost-writes check, wake; returns drain messages sent."""
         if self.store.check_lost_writes(margin=self.lost_writes_margin):
             log.warning("keeper.redis_restarted", hint="unfinished batches marked possibly sent")
-        sent = wake_fleet(
+        return wake_fleet(
             self.store,
             self.publish,
             worker=self.worker,
             slots=self.slots,
             heartbeat_s=3 * self.interval_s,
         )
+
+    def _wake_once(self) -> None:
+        sent = self.tick()
+        if sent:
+            log.info("keeper.woke", drains=sent)
+
+    def _duties_once(self) -> None:
         for duty in self.extra:
             duty()
-        return sent
 
-    def _loop(self) -> None:
+    def _loop(self, step: Callable[[], object], what: str) -> None:
         while not self._stop.is_set():
             try:
-                sent = self.tick()
-                if sent:
-                    log.info("keeper.woke", drains=sent)
+                step()
             except (PurgeError, OSError) as exc:
-                log.warning("keeper.tick_failed", error=str(exc))
+                log.warning("keeper.tick_failed", loop=what, error=str(exc))
             except Exception:
-                log.exception("keeper.tick_crashed")
+                log.exception("keeper.tick_crashed", loop=what)
             self._stop.wait(self.interval_s)
 
     def start(self) -> None:
-        """Run the loop in a daemon thread."""
-        self._thread = threading.Thread(target=self._loop, name="wickson-keeper", daemon=True)
-        self._thread.start()
+        """Run the wake-up loop, and the duties' loop, in daemon threads."""
+        loops = [(self._wake_once, "wake")] + (
+            [(self._duties_once, "duties")] if self.extra else []
+        )
+        for step, what in loops:
+            thread = threading.Thread(
+                target=self._loop, args=(step, what), name=f"wickson-keeper-{what}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
-        """End the loop; the worker's slots stop counting at once."""
+        """End the loops; the worker's slots stop counting at once."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         try:
             self.store.leave(self.worker)
         except PurgeError as exc:

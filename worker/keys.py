@@ -34,6 +34,12 @@ Layout, for prefix ``wp`` and job ``J`` (a batch is identified by its index ``i`
     wp:events               list   job-finished events, newest first (capped)
     wp:sweep:<name>:<tick>  string the run that owns sweep <name>'s tick (SET NX, expires)
     wp:sweep:<name>:runs    list   the sweep's runs, newest first (JSON; capped)
+    wp:webhooks             zset   job id -> when (ms) its completion webhook is next due
+    wp:job:J:series         list   progress samples "t_ms,done,deleted,failed,429s" (capped)
+    wp:series:tick:<n>      string the process that sampled progress in tick n (SET NX PX)
+    wp:webhook:J:lock       string the process delivering job J's webhook now (SET NX PX)
+    wp:svc:idem:<key>       string an HTTP Idempotency-Key -> sha256 of its request
+    wp:svc:session:<id>     string a console session: token name and CSRF token (expires)
 
 Ids are packed 100 to a hash field: a 10M-id job is 100k fields, near the raw bytes.
 Scripts that pick a job (take, wake) build job keys from the prefix: wickson-purge
@@ -128,6 +134,27 @@ class Keys:
 
     def sweep_runs(self, name: str) -> str:
         return f"{self.prefix}:sweep:{name}:runs"
+
+    @property
+    def webhooks(self) -> str:
+        return f"{self.prefix}:webhooks"
+
+    def webhook_lock(self, job_id: str) -> str:
+        return f"{self.prefix}:webhook:{job_id}:lock"
+
+    def job_series(self, job_id: str) -> str:
+        """A job's progress samples (worker/series.py), outside the scripts' job keys."""
+        return f"{self.prefix}:job:{job_id}:series"
+
+    def series_tick(self, tick: int) -> str:
+        return f"{self.prefix}:series:tick:{tick}"
+
+    def http_idempotency(self, key: str) -> str:
+        """The request hash behind an HTTP Idempotency-Key (the service's, per tenant)."""
+        return f"{self.prefix}:svc:idem:{key}"
+
+    def console_session(self, session_id: str) -> str:
+        return f"{self.prefix}:svc:session:{session_id}"
 
     def job_keys(self, job_id: str) -> list[str]:
         """The record and every per-job structure, in the order the Lua scripts expect."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from worker import series, webhooks
 from worker.api import WicksonClient
 from worker.batch import RunContext
 from worker.keeper import Keeper
@@ -130,6 +131,10 @@ def start_keeper(
             slots=slots,
             interval_s=runtime.settings.keeper_interval_s,
             lost_writes_margin=runtime.settings.lost_writes_margin,
+            extra=[
+                lambda: webhooks.deliver_due(runtime.store, runtime.settings),
+                lambda: series.record_progress(runtime.store),
+            ],
         )
         _keeper.start()
     return _keeper

@@ -115,6 +115,25 @@ class Settings(BaseSettings):
     """Serve Prometheus metrics on this port, one endpoint per worker node (prefork: set
     PROMETHEUS_MULTIPROC_DIR too, see worker/metrics.py). None: no endpoint, no port opened."""
 
+    webhook_secret: SecretStr | None = None
+    """Signs completion webhooks (HMAC-SHA256); without it no callback_url is accepted."""
+
+    webhook_allow_insecure: bool = False
+    """Allow http:// and loopback or private callback URLs (tests, a trusted network only):
+    by default a callback cannot reach into the fleet's own network (SSRF)."""
+
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60)
+    """One delivery attempt; receivers should answer at once and work later."""
+
+    webhook_retry_for_s: float = Field(86_400.0, ge=1, le=7 * 86_400)
+    """How long after the job ended a failing callback is retried (then given up)."""
+
+    webhook_backoff_base_s: float = Field(5.0, gt=0, le=3_600)
+    """First retry delay; doubles per attempt up to `webhook_backoff_cap_s`, full jitter."""
+
+    webhook_backoff_cap_s: float = Field(900.0, gt=0, le=86_400)
+    """Longest wait between two attempts (15 min: a receiver back up is told soon)."""
+
     @model_validator(mode="after")
     def _aliases_are_names(self) -> Settings:
         for alias in self.api_keys:

@@ -31,7 +31,8 @@ import yaml
 
 from ops.fake_api.__main__ import parse_argv
 from producers.cli import _parser as cli_parser
-from worker.settings import REAL_API_URL, Settings
+from service.settings import ServiceSettings
+from worker.settings import REAL_API_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -44,7 +45,7 @@ SCHEMA_SHA256 = "89f4bdc4ba651ff024118917a7cdb67d9d78c1af4bab9b12ec2fc85f5b7d90d
 APP_SERVICES = ("worker", "fake-api")
 """Services that run the project's own image (beat joins them later)."""
 
-DEFAULT_SERVICES = {"redis", "fake-api", "worker", "beat"}
+DEFAULT_SERVICES = {"redis", "fake-api", "worker", "beat", "service"}
 """What a plain `docker compose up` starts; everything else sits behind a profile."""
 
 COMPOSE_ONLY_VARS = {"REDIS_MAXMEMORY"}
@@ -112,11 +113,11 @@ def env_example_vars() -> dict[str, tuple[str, bool]]:
 
 
 def setting_env_names() -> set[str]:
-    """The environment variable of every Settings field."""
-    prefix = Settings.model_config.get("env_prefix", "")
+    """The environment variable of every settings field (the service's are a superset)."""
+    prefix = ServiceSettings.model_config.get("env_prefix", "")
     return {
         "REDIS_URL" if name == "redis_url" else f"{prefix}{name}".upper()
-        for name in Settings.model_fields
+        for name in ServiceSettings.model_fields
     }
 
 
@@ -219,7 +220,7 @@ def test_worker_stop_signal_suits_its_pool(services: dict[str, Any]) -> None:
     # threads: SIGQUIT's soft shutdown cannot cancel a thread ("does not implement
     # kill_job") and always waits its full length; SIGTERM's warm one ends with the batches.
     assert worker.get("stop_signal", "SIGTERM") == STOP_SIGNAL_BY_POOL[pool]
-    grace = Settings.model_fields["shutdown_grace_s"].default
+    grace = ServiceSettings.model_fields["shutdown_grace_s"].default
     assert duration_s(worker["stop_grace_period"]) >= grace + SOFT_SHUTDOWN_MARGIN_S
 
 
@@ -299,7 +300,7 @@ def test_env_example_values_are_valid_settings(monkeypatch: pytest.MonkeyPatch) 
     for name, (value, is_set) in env_example_vars().items():
         if is_set:
             monkeypatch.setenv(name, value)
-    settings = Settings()
+    settings = ServiceSettings()
     assert settings.api_url == "http://fake-api:8080"
     assert settings.redis_url == "redis://redis:6379/0"
     assert settings.require_api_key().get_secret_value() == "test-key"
@@ -381,3 +382,16 @@ def test_dockerignore_lets_in_only_what_the_dockerfile_copies(
         for source in [w for w in words if not w.startswith("--")][:-1]:
             ok = any(fnmatch(source.rstrip("/"), p) or fnmatch(p, source) for p in allowed)
             assert ok, f"COPY {source}: left out by .dockerignore"
+
+
+def test_the_service_serves_on_loopback_and_waits_for_redis(services: dict[str, Any]) -> None:
+    """`serve` reaches its subcommand, listens in the container, publishes on 127.0.0.1
+    only, checks /readyz, and shares the stack's .env and Redis."""
+    service = services["service"]
+    args, _ = cli_parser().parse_known_args(service["command"])
+    assert (args.command, args.host, args.port) == ("serve", "0.0.0.0", 8000)  # noqa: S104 (in its container)
+    assert service["ports"] == ["127.0.0.1:8000:8000"]
+    assert "/readyz" in " ".join(service["healthcheck"]["test"])
+    assert service["env_file"] in (".env", [".env"])
+    assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert service["environment"]["REDIS_URL"] == "${REDIS_URL:-redis://redis:6379/0}"

@@ -500,6 +500,28 @@ def test_a_run_of_a_stopping_job_confirms_a_possibly_sent_batch(
     assert (s.state, s.not_found, s.deleted, s.not_attempted) == ("cancelled", 5, 5, 0)
 
 
+def test_a_job_stopped_after_a_500_in_this_run_is_confirmed_not_guessed(
+    make_job, make_run, wickson, store, ids
+) -> None:
+    """A 500 that deleted, then the job is cancelled: the run's retry renews, sees the
+    stop, and still sends the ids (they may be gone) to confirm them: not_found, never
+    not_attempted."""
+    job_id = make_job(ids(10))
+    api = wickson(existing=ids(10))
+
+    def deletes_fails_and_is_cancelled(request: httpx.Request) -> httpx.Response:
+        api.answer(request)
+        store.stop(job_id, "cancelled", "CANCELLED: by a test")
+        return wickson.error(500, "PROCESSING_ERROR")
+
+    api.then(deletes_fails_and_is_cancelled)
+    assert make_run(api).run() == Verdict.STOPPED
+    assert sent_ids(api) == [ids(10), ids(10)]
+    s = store.status(job_id)
+    assert (s.state, s.not_found, s.not_attempted, s.failed) == ("cancelled", 10, 0, 0)
+    assert_exact(store, job_id)
+
+
 def test_a_worker_without_the_jobs_key_stops_it(make_job, store, wickson, ids, clock) -> None:
     """A key alias this worker lacks (ConfigError) stops the job: nothing is sent."""
     from worker.batch import BatchRun, RunContext

@@ -156,7 +156,7 @@ def events_of(store: JobStore, job_id: str) -> list[dict]:
 # -- raw takes and commits ---------------------------------------------------------------
 
 
-@examples(60)
+@examples(40)
 @given(n=st.integers(1, 350), n_invalid=st.integers(0, 3), data=st.data())
 def test_any_takes_and_commits_count_each_id_once_and_finish_the_job_once(
     seal_job, clock: FakeClock, n: int, n_invalid: int, data: st.DataObject
@@ -227,7 +227,7 @@ def test_any_takes_and_commits_count_each_id_once_and_finish_the_job_once(
     assert len(events_of(store, job_id)) == 1
 
 
-@examples(60)
+@examples(40)
 @given(n=st.integers(1, 450), resume=st.booleans(), data=st.data())
 def test_a_stopped_job_counts_each_id_once_and_a_resumed_one_finishes_the_rest(
     seal_job, clock: FakeClock, n: int, resume: bool, data: st.DataObject
@@ -455,7 +455,7 @@ class Fleet:
         return self.store.status(job).state
 
 
-@examples(60)
+@examples(50)
 @given(
     sizes=st.lists(st.integers(1, 230), min_size=1, max_size=2),
     gone=st.integers(0, 100),
@@ -522,7 +522,7 @@ LATE = (
 
 @pytest.mark.parametrize("late", LATE)
 @pytest.mark.parametrize("takeover", TAKEOVERS)
-@examples(4)
+@examples(3)
 @given(
     n=st.integers(1, 8), gone=st.integers(0, 8), then=st.lists(st.sampled_from(LATE), max_size=4)
 )

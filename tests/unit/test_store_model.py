@@ -44,6 +44,7 @@ Bugs the machine found in the store are pinned below as strict-xfail reproducers
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections import Counter, deque
@@ -51,6 +52,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
+import httpx
 import pytest
 from fakeredis.commands_mixins import server_mixin
 from hypothesis import HealthCheck, event, settings
@@ -90,8 +92,15 @@ MAYBE = "may have deleted"
 KINDS = ("ok", "ok", "ok", "partial", "uncertain", "uncertain", "refused", "too_large", "revoked")
 ONE_ID_KINDS = tuple(k for k in KINDS if k != "too_large")
 
-KNOWN_BUGS: frozenset[str] = frozenset()
-"""Rules the machine leaves out while the bug they reach is open (see the xfails)."""
+KNOWN_BUGS: frozenset[str] = frozenset({"stale_lease", "stale_chunk"})
+"""Open bugs the machine steps around (each pinned by a strict xfail below); drop one
+when it is fixed, and the machine checks the fix too:
+
+- stale_lease (test_bug_lost_writes_restore_a_stale_lease): runs alive when the store
+  loses its writes crash with it (else a restored lease fences the wrong run);
+- stale_chunk (test_bug_a_stop_seen_at_renewal_still_sends_the_chunk_it_closed): a run
+  picks its chunk after renewing (batch.py picks it before, and sends ids it just closed).
+"""
 
 
 def small_job(
@@ -105,6 +114,18 @@ def small_job(
     store.stage(job_id, 0, batches)
     store.seal(job_id, batches=len(batches), valid=len(ids), invalid=0, submitted=len(ids))
     return job_id
+
+
+def restore(store: JobStore, saved: dict[bytes, tuple[bytes, int]]) -> None:
+    """The store loses every write since `saved`; the keeper notices and runs lost_writes."""
+    store.redis.flushall()
+    for key, (value, ttl) in saved.items():
+        store.redis.restore(key, max(ttl, 0), value, replace=True)
+    store.scripts["lost_writes"](args=[store.keys.prefix, MARGIN])
+
+
+def dump(store: JobStore) -> dict[bytes, tuple[bytes, int]]:
+    return {k: (store.redis.dump(k), store.redis.pttl(k)) for k in store.redis.keys("*")}
 
 
 class ModelApi:
@@ -185,6 +206,10 @@ class Run:
                 return
             yield from self._before_request(first)
             first = False
+            if "stale_chunk" in KNOWN_BUGS:
+                chunk = [i for i in chunk if i in self.pending]
+                if not chunk:
+                    continue
             yield from self._request(chunk, chunks)
 
     def _before_request(self, first: bool) -> Iterator[None]:
@@ -477,12 +502,10 @@ class StoreModel(RuleBasedStateMachine):
 
     # -- the store losing its last writes -------------------------------------------------
 
-    @precondition(lambda self: "snapshot" not in KNOWN_BUGS)
     @rule()
     def take_snapshot(self) -> None:
-        keys = self.redis.keys("*")
         self.snapshot = (
-            {k: (self.redis.dump(k), self.redis.pttl(k)) for k in keys},
+            dump(self.store),
             Counter(self.reopened),
             set(self.retried),
         )
@@ -492,12 +515,12 @@ class StoreModel(RuleBasedStateMachine):
     def lose_writes(self) -> None:
         assert self.snapshot is not None
         saved, reopened, retried = self.snapshot
-        self.redis.flushall()
-        for key, (value, ttl) in saved.items():
-            self.redis.restore(key, max(ttl, 0), value, replace=True)
-        self.reopened, self.retried = Counter(reopened), set(retried)
-        self.store.scripts["lost_writes"](args=[self.store.keys.prefix, MARGIN])
+        if "stale_lease" in KNOWN_BUGS:
+            self.runs.clear()
         event(f"lose writes, runs alive: {min(len(self.runs), 2)}")
+        restore(self.store, saved)
+        self.reopened, self.retried = Counter(reopened), set(retried)
+        self.snapshot = None  # the next loss needs a new snapshot: no loss on loss
 
     # -- the invariant --------------------------------------------------------------------
 
@@ -633,3 +656,69 @@ def test_store_model(deterministic: tuple[FakeClock, JobIds]) -> None:
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         ),
     )
+
+
+# -- bugs the machine found ----------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="lost_writes leaves the leases it restored: a run from before the loss still "
+    "holds its batch, though another run took it over (and deleted its ids) in the lost "
+    "window; in a stopping job it closes them not_attempted",
+)
+def test_bug_lost_writes_restore_a_stale_lease(store: JobStore, clock: FakeClock) -> None:
+    job = small_job(store, ["a", "b"], priority="normal")
+    take = {"lease_s": LEASE_S, "max_runs": MAX_RUNS, "max_wait_s": 5.0, "rate": 1e6}
+    first = store.take("run-a", **take)
+    assert isinstance(first, Taken)
+    # run-a's first request is refused (503): nothing deleted, it will retry (renew first).
+    durable = dump(store)  # the last write the store keeps
+    clock.advance(LEASE_S + 1)  # run-a stalls past its lease
+    second = store.take("run-b", **take)
+    assert isinstance(second, Taken)
+    assert second.index == first.index
+    # run-b's request deletes a and b at the API, and run-b commits them deleted.
+    assert not store.commit(job, 0, "run-b", BatchCommit(deleted=[0, 1])).lost
+    restore(store, durable)  # Redis restarts and loses its last writes
+    store.stop(job, "cancelled", "CANCELLED: by the operator")
+    renewal = store.renew(job, 0, "run-a", lease_s=LEASE_S, alias="default")
+    if renewal.held:  # batch.py: a stopping job, and run-a never sent anything: close it
+        assert renewal.state == "stopping"
+        store.commit(
+            job, 0, "run-a", BatchCommit(not_attempted=[(0, "job stopped"), (1, "job stopped")])
+        )
+    outcomes = {row.media_id: row.outcome for row in store.iter_outcomes(job)}
+    # The ledger: a and b were deleted (by run-b); neither may be reported not attempted.
+    assert "not_attempted" not in outcomes.values(), outcomes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="batch.py sends the chunk it picked before renewing: when the renewal sees the "
+    "stop and closes that chunk's ids not_attempted, it still sends them (the API deletes "
+    "them) and then raises KeyError on the answer",
+)
+def test_bug_a_stop_seen_at_renewal_still_sends_the_chunk_it_closed(
+    make_job, make_run, wickson, store, ids
+) -> None:
+    job_id = make_job(ids(4))
+    api = wickson(existing=ids(4))
+    b = ids(4)[1]
+
+    def deletes_b_forgets_a_and_is_cancelled(request: httpx.Request) -> httpx.Response:
+        api.existing.discard(b)  # the answer leaves `a` out: the run may not guess it
+        api.deleted.append(b)
+        store.stop(job_id, "cancelled", "CANCELLED: by the operator")
+        return api.success([b])
+
+    # 400 BATCH_TOO_LARGE: halves [a, b] and [c, d]; [a, b] answered for b only, so `a`
+    # is retried after [c, d]; renewing before [c, d], the run sees the stop and closes
+    # c and d not_attempted (never sent, it believes), yet the request it then sends is
+    # the chunk it picked before renewing: [c, d].
+    api.then(wickson.error(400, "BATCH_TOO_LARGE"), deletes_b_forgets_a_and_is_cancelled)
+    with contextlib.suppress(KeyError):
+        make_run(api).run()
+    report = {row.media_id: row for row in store.iter_outcomes(job_id)}
+    wrong = {i: report[i].outcome for i in api.deleted if report[i].outcome == "not_attempted"}
+    assert not wrong, f"deleted by the API, reported not_attempted: {wrong}"

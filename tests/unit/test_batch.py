@@ -783,3 +783,89 @@ def test_a_crash_looping_batch_fails_without_being_sent(
     assert count == 10
     assert reason.startswith("worker_crash_loop: ")
     assert "(the API may have deleted some)" in reason
+
+
+# -- drain runs --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_context(store, wickson, make_client, limiter, clock):
+    """`run_context(api, **settings)`: the RunContext a drain run would get."""
+    from worker.batch import RunContext
+
+    def make(api, **overrides) -> RunContext:
+        client = make_client(api)
+        return RunContext(
+            store=store, settings=unit_settings(**overrides),
+            tenant=lambda _alias: (client, limiter), sleep=clock.sleep,
+        )  # fmt: skip
+
+    return make
+
+
+def test_a_drain_run_takes_batches_until_no_job_is_runnable(
+    make_job, store, wickson, run_context, clock, ids
+) -> None:
+    """One drain run deletes every batch of every job, then ends (idle) and frees its
+    ticket."""
+    from worker.drain import drain
+
+    jobs = [make_job(ids(250, "a-")), make_job(ids(120, "b-"))]
+    api = wickson(existing=ids(250, "a-") + ids(120, "b-"))
+    (ticket,) = store.wake()
+    result = drain(run_context(api), ticket, slice_s=60, clock=clock.time)
+    assert result.more is False
+    assert result.verdicts == {"done": 5}
+    assert [store.status(j).state for j in jobs] == ["completed", "completed"]
+    assert store.redis.zscore(store.keys.drains, ticket) is None
+
+
+def test_a_drain_run_ends_after_its_slice_with_more_to_do(
+    make_job, store, wickson, run_context, clock, ids
+) -> None:
+    """Past its slice a drain run stops taking batches and says more work remains."""
+    from worker.drain import drain
+
+    make_job(ids(1_000))
+    api = wickson(existing=ids(1_000))
+    real = api.answer
+
+    def two_seconds_each(request: httpx.Request) -> httpx.Response:
+        clock.advance(2.0)
+        return real(request)
+
+    api.answer = two_seconds_each
+    (ticket,) = store.wake()
+    result = drain(run_context(api), ticket, slice_s=5, clock=clock.time)
+    assert result.more is True
+    assert result.verdicts == {"done": 3}
+
+
+def test_a_drain_run_whose_ticket_was_replaced_ends_at_once(
+    make_job, store, wickson, run_context, clock, ids
+) -> None:
+    """A late drain message whose place the fleet already filled takes nothing."""
+    from worker.drain import drain
+
+    make_job(ids(100))
+    store.wake()  # the fleet's one drain run is alive
+    api = wickson(existing=ids(100))
+    result = drain(run_context(api), "stale-ticket", slice_s=60, clock=clock.time)
+    assert (result.more, result.verdicts, api.requests) == (False, {}, [])
+
+
+def test_a_run_that_crashes_in_a_drain_is_taken_over_after_its_lease(
+    make_job, store, wickson, run_context, clock, ids
+) -> None:
+    """An unforeseen error in a run does not end the drain: the batch's lease lapses and
+    the drain itself takes it over (a crash counted), finishing the job exactly."""
+    from worker.drain import drain
+
+    job_id = make_job(ids(100))
+    api = wickson(existing=ids(100))
+    api.then(deletes_then(api, RuntimeError("a bug")))
+    (ticket,) = store.wake()
+    result = drain(run_context(api), ticket, slice_s=300, clock=clock.time)
+    assert result.verdicts == {"done": 1}
+    s = store.status(job_id)
+    assert (s.state, s.not_found, s.deleted, s.failed) == ("completed", 100, 0, 0)

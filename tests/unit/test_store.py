@@ -870,6 +870,25 @@ def test_lost_writes_leave_finished_jobs_and_jobs_fully_taken_alone(make_job, st
     assert store.redis.scard(store.keys.job(done, "sent")) == 1
 
 
+def test_check_lost_writes_marks_unfinished_work_when_the_redis_run_changes(
+    make_job, store, ids, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first look records Redis' run_id; the same run_id again is no restart; a new one
+    (Redis restarted: its last writes may be lost) marks the batches past each unfinished
+    job's frontier possibly sent."""
+    job_id = make_job(ids(500))
+    take(store, "a")
+    server = {"run_id": "run-1"}
+    monkeypatch.setattr(store.redis, "info", lambda section=None: dict(server))
+    assert store.check_lost_writes(margin=2) is False
+    assert store.check_lost_writes(margin=2) is False
+    assert store.redis.smembers(store.keys.job(job_id, "sent")) == {b"0"}
+    server["run_id"] = "run-2"
+    assert store.check_lost_writes(margin=2) is True
+    assert store.redis.smembers(store.keys.job(job_id, "sent")) == {b"0", b"1", b"2"}
+    assert store.check_lost_writes(margin=2) is False
+
+
 def test_check_lost_writes_without_info_cannot_tell(store: JobStore) -> None:
     """A Redis without INFO (fakeredis, some managed ones): no restart can be seen."""
     assert store.check_lost_writes(margin=10) is False

@@ -152,6 +152,25 @@ def test_recover_publishes_the_drains_the_fleet_misses(
     assert sent_tasks == [{"name": DRAIN_TASK, "args": ["1"], "queue": QUEUE}]
 
 
+def test_the_keeper_publishes_drains_for_its_slots(make_job, store: JobStore, ids) -> None:
+    """A keeper tick: heartbeat with the worker's slots, one drain per missing slot while a
+    job is runnable; stopping it withdraws its slots."""
+    from worker.keeper import Keeper
+
+    published: list[list[str]] = []
+    keeper = Keeper(
+        store, lambda tickets: published.append(list(tickets)), worker="w1", slots=4,
+        interval_s=2.0, lost_writes_margin=10,
+    )  # fmt: skip
+    assert keeper.tick() == 0  # nothing runnable
+    make_job(ids(10))
+    assert keeper.tick() == 4
+    assert keeper.tick() == 0  # the four drains are alive
+    assert [len(p) for p in published] == [4]
+    keeper.stop()
+    assert store.redis.hget(store.keys.workers + ":slots", "w1") is None
+
+
 def test_rethrottle_of_one_job_sets_its_own_rate(make_job, store: JobStore, ids) -> None:
     """`rethrottle --job J 4`: J's batches come 0.25 s apart; None lifts it; 'auto' and
     non-positive rates are refused."""

@@ -176,7 +176,10 @@ class BatchRun:
                 return
             self._before_request(first)
             first = False
-            self._request(chunk, chunks)
+            # The renewal may have seen a stop and closed ids never sent: never send those.
+            chunk = [i for i in chunk if i in self.pending]
+            if chunk:
+                self._request(chunk, chunks)
 
     def _request(self, chunk: list[str], chunks: deque[list[str]]) -> None:
         started = time.perf_counter()

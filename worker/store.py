@@ -43,6 +43,10 @@ BATCH_SIZE = 100
 STAGING_TTL_S = 3_600
 """A staging job whose producer stops refreshing it for this long expires, never runs."""
 
+RESUME_DURABLE_MS = 1_500
+"""A resumed finished job waits this long before its first take: an AOF fsynced every
+second holds the resume by then (a lost resume would leave deleted ids not_attempted)."""
+
 JOBS_SCANNED = 32
 """Runnable jobs of one priority a take looks at (round robin: the least served first)."""
 
@@ -474,7 +478,7 @@ class JobStore:
         """Resume a paused job, or re-attempt the not-attempted ids of a failed or
         cancelled one; False if the job is in no state to resume."""
         self.status(job_id)
-        return bool(self._job("resume", job_id, []))
+        return bool(self._job("resume", job_id, [RESUME_DURABLE_MS]))
 
     def fleet_counts(self) -> dict[str, int]:
         """Workers alive, their slots, drain runs alive (or queued), unfinished jobs."""

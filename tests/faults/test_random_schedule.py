@@ -33,7 +33,7 @@ OWNED = 19_000
 def job_ids(rng: random.Random) -> list[str]:
     owned = [f"vec-{i:07d}" for i in range(OWNED)]
     extra = [f"oth-{i:07d}" for i in range(500)] + [f"vec-gone-{i}" for i in range(300)]
-    lines = owned + extra + rng.sample(owned, 400) + ["bad id", "a/b", "\x00"]
+    lines = owned + extra + rng.sample(owned, 400) + ["bad id", "a/b", "bad\tid"]
     rng.shuffle(lines)
     return lines
 

@@ -10,7 +10,7 @@ from tests.unit.conftest import take, unit_settings
 from worker import batch as batch_module
 from worker.batch import MAX_429_IN_RUN, Verdict
 from worker.errors import ConfigError
-from worker.store import BatchCommit, JobStore, NoBatch, Taken
+from worker.store import RESUME_DURABLE_MS, BatchCommit, JobStore, NoBatch, Taken
 
 LEASE_S = 60.0
 """unit_settings' lease."""
@@ -426,7 +426,7 @@ def test_after_a_401_the_batches_other_runs_hold_send_nothing(
 
 
 def test_a_401_after_an_uncertain_attempt_says_the_ids_are_unconfirmed(
-    make_job, make_run, wickson, store, ids
+    make_job, make_run, wickson, store, ids, clock
 ) -> None:
     """Ids a 500 may have deleted, then a 401: not_attempted with a reason saying they are
     unconfirmed; resume (with a working key) confirms them: not_found."""
@@ -440,6 +440,7 @@ def test_a_401_after_an_uncertain_attempt_says_the_ids_are_unconfirmed(
     _, reason = outcomes(store, job_id)[ids(10)[0]]
     assert reason == "INVALID_API_KEY: unconfirmed (an earlier request may have deleted it)"
     assert store.resume(job_id)
+    clock.advance(RESUME_DURABLE_MS / 1000)  # a resumed finished job waits to be durable
     assert make_run(api, owner="after-resume").run() == Verdict.DONE
     s = store.status(job_id)
     assert (s.state, s.not_found, s.not_attempted, s.failed) == ("completed", 10, 0, 0)

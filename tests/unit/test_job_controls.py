@@ -20,7 +20,7 @@ from worker.batch import Verdict
 from worker.celery import CONTROL_QUEUE, DRAIN_TASK, QUEUE, WATCHDOG_TASK, celery_config
 from worker.errors import InputError, JobNotFound
 from worker.ratelimit import FleetLimiter
-from worker.store import BatchCommit, JobStore, NoBatch
+from worker.store import RESUME_DURABLE_MS, BatchCommit, JobStore, NoBatch
 
 # -- fixtures ----------------------------------------------------------------------------
 
@@ -127,7 +127,7 @@ def test_cancel_counts_never_taken_ids_at_once_and_wakes_runs_to_confirm_the_res
 
 
 def test_cancel_then_resume_reattempts_what_was_not_attempted(
-    make_job, store: JobStore, ids, sent_tasks
+    make_job, store: JobStore, ids, sent_tasks, clock
 ) -> None:
     """A job cancelled before any take resumes with every id to attempt again."""
     job_id = make_job(ids(250))
@@ -138,6 +138,7 @@ def test_cancel_then_resume_reattempts_what_was_not_attempted(
     s = store.status(job_id)
     assert (s.state, s.not_attempted, s.done) == ("running", 0, 0)
     assert len(sent_tasks) == 1
+    clock.advance(RESUME_DURABLE_MS / 1000)  # a resumed finished job waits to be durable
     assert [probe(store).index for _ in range(3)] == [0, 1, 2]
 
 

@@ -26,7 +26,7 @@ from worker.api import WicksonClient
 from worker.batch import BatchRun, RunContext
 from worker.keys import Keys
 from worker.ratelimit import FleetLimiter
-from worker.store import BATCH_SIZE, BatchCommit, JobStore, NoBatch, Taken
+from worker.store import BATCH_SIZE, RESUME_DURABLE_MS, BatchCommit, JobStore, NoBatch, Taken
 
 LEASE_S = 60.0
 KINDS = ("deleted", "not_found", "failed", "not_attempted")
@@ -285,6 +285,7 @@ def test_a_stopped_job_counts_each_id_once_and_a_resumed_one_finishes_the_rest(
 
     assert store.resume(job_id)
     assert store.status(job_id).not_attempted == 0
+    clock.advance(RESUME_DURABLE_MS / 1000)  # a resumed finished job waits to be durable
     model.outcome = {k: v for k, v in model.outcome.items() if v != "not_attempted"}
     seen: set[int] = set()
     while isinstance(t := take(store, "after-resume"), Taken):

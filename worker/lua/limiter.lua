@@ -73,8 +73,12 @@ local function limiter(key, op, default_rate, burst, max_wait_us, pause_us, limi
     if now - t0 > EPOCH_US then
       -- Congestion: remember the rate the fleet really reached, decrease below it, and
       -- restart growth once the pause is over.
+      -- Ending slow start, the rate in force is the estimate (the limit lies between the
+      -- measured rate, a doubling behind, and it); later, what the fleet really sent (the
+      -- last raw bucket too: the smoothed rate lags).
       local reached = rate
-      if m_rate > 0 then reached = math.min(rate, m_rate) end
+      local m_last = tonumber(h[11] or 0)
+      if m_rate > 0 and h[10] then reached = math.min(rate, math.max(m_rate, m_last)) end
       -- The same limit again: probe it half as often (a stable limit is learnt); else anew.
       local same = h[10] and math.abs(reached * FACTOR - wmax) <= 0.1 * wmax
       put('c', tostring(same and math.max(C_MIN, c / 2) or C))

@@ -1,6 +1,9 @@
 -- Resume a job: a paused one where it stopped; a failed or cancelled one (its key fixed,
 -- say) by attempting again every id it counted not attempted. The job goes back to its
--- run queue. Returns 1 if it resumed the job.
+-- run queue. A finished job is takeable only ARGV[1] ms later: by then an AOF written
+-- every second holds the resume, so a Redis crash cannot lose it after runs deleted
+-- what it reopened (the lost-writes check only sees unfinished jobs).
+-- Returns 1 if it resumed the job.
 local state = redis.call('HGET', K_JOB, 'state')
 local queue = prefix() .. ':run:' .. (redis.call('HGET', K_JOB, 'priority') or 'normal')
 local job_id = redis.call('HGET', K_JOB, 'job_id')
@@ -40,7 +43,7 @@ redis.call('DEL', K_NOT_ATTEMPTED)
 redis.call('HINCRBY', K_JOB, 'batches_done', -#reopened)
 redis.call('HINCRBY', K_JOB, 'not_attempted', -skipped)
 local now = now_ms()
-redis.call('HSET', K_JOB, 'state', 'running', 'resumed_at', now)
+redis.call('HSET', K_JOB, 'state', 'running', 'resumed_at', now, 'runnable_at', now + tonumber(ARGV[1]))
 redis.call('HDEL', K_JOB, 'finished_at', 'stop_state', 'stopped_at', 'stop_reason')
 redis.call('DEL', K_DONE)
 for _, key in ipairs(job_keys(prefix(), job_id)) do redis.call('PERSIST', key) end

@@ -112,8 +112,12 @@ for priority in string.gmatch(ARGV[11], '[^,]+') do
   for _, job in ipairs(redis.call('ZRANGE', queue, 0, scan - 1)) do
     bind(job_keys(P, job))
     local state = redis.call('HGET', K_JOB, 'state')
+    local runnable_at = hnum(K_JOB, 'runnable_at')
     if state ~= 'queued' and state ~= 'running' and state ~= 'stopping' then
       redis.call('ZREM', queue, job)  -- paused, finished or expired: not runnable
+    elseif runnable_at > now then
+      any = true
+      later(runnable_at - now)  -- a resume not yet durable (resume.lua)
     else
       any = true
       local reply = take_from(job, state, queue)

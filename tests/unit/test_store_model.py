@@ -16,12 +16,13 @@ The machine (`StoreModel`) holds:
   long backoff, a pause or a stop). Every step of a run does at most one store call
   or one API request, so the rules interleave runs between any two of their steps.
 
-Rules: create a job, take a batch, step a run (a request's answer may be complete,
-partial, lost/500 after deleting some ids, a 503, a 400 to bisect or a 401 that stops
-the job), crash a run (drop its state at any point), advance the clock (a little, or
-past the lease), pause, resume, cancel, retry-failed, snapshot the store, and lose
-the store's writes since the snapshot (restore it, then run `lost_writes` as the
-keeper does when Redis restarted).
+Rules: create a job, take a batch (waiting out a "wait" or not), step a run (a
+request's answer may be complete, partial, lost/500 after deleting some ids, a 503, a
+400 to bisect or a 401 that stops the job), crash a run (drop its state at any point),
+advance the clock (a little, or past the lease), pause, resume, cancel, retry-failed,
+snapshot the store, and lose the store's writes since the snapshot (restore it, then
+run `lost_writes` as the keeper does when Redis restarted). Swarm testing: each example
+leaves out a random subset of the rules and answers, so the others meet more often.
 
 After every step the invariant holds for every job, against the ledger: each id has
 at most one outcome (raw structures, not only the report); the counters equal the
@@ -30,22 +31,25 @@ is finished exactly when its `done` guard is set, and its finish events number
 1 + its reopenings if finished; an id reported `deleted` was deleted by a request of
 that very job; no id a request of the job deleted is reported `failed` or
 `not_attempted`, except with a reason saying the API *may have deleted* it (a run that
-gave up after an uncertain attempt, a crash loop, a 401 with ids unconfirmed: the
-store cannot know, and says so). At the end (teardown) every run is dropped and every
-job is drained by well-behaved runs: every id then has exactly one outcome and every
-job finished exactly once.
+gave up after an uncertain attempt, a crash loop, a 401 with ids unconfirmed: nothing
+could confirm them, and the reason says so). Ids another job deleted may end anything
+but `deleted` (this job never attempted or never heard of them). At the end (teardown)
+every run is dropped and every job drained by well-behaved runs: every id then has
+exactly one outcome and every job finished exactly once.
 
-CI numbers: `EXAMPLES` = 200 examples of up to `STEPS` = 40 steps each (~8,000 rule
-steps, each followed by the full invariant), in about 30-50 s on one core.
-Bugs the machine found in the store are pinned below as strict-xfail reproducers
-(`test_bug_*`); the machine itself runs with the rules that reach them disabled
-(`KNOWN_BUGS`) until they are fixed.
+CI numbers: `EXAMPLES` = 200 examples of up to `STEPS` = 50 steps each (about 10,000
+rule steps, each followed by the full invariant), about 30 s on one core. A deeper
+run: `HYPOTHESIS_MODEL_EXAMPLES=5000 pytest -o timeout=0 tests/unit/test_store_model.py`.
+
+Bugs the machine found are pinned at the end of this file as strict-xfail reproducers
+(`test_bug_*`); until they are fixed the machine steps around them (`KNOWN_BUGS`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -80,8 +84,8 @@ from worker.store import (
     Taken,
 )
 
-EXAMPLES = 200
-STEPS = 40
+EXAMPLES = int(os.environ.get("HYPOTHESIS_MODEL_EXAMPLES", "200"))
+STEPS = 50
 BATCH = 2
 """Ids per batch in the model (production: 100)."""
 LEASE_S = 10.0
@@ -467,16 +471,23 @@ class StoreModel(RuleBasedStateMachine):
 
     # -- runs -----------------------------------------------------------------------------
 
-    @rule()
-    def take(self) -> None:
-        self.tokens += 1
-        token = f"run-{self.tokens}"
-        taken = self.store.take(token, lease_s=LEASE_S, max_runs=MAX_RUNS, max_wait_s=5.0, rate=1e6)
-        if not isinstance(taken, Taken):
+    @rule(wait_it_out=st.booleans())
+    def take(self, wait_it_out: bool) -> None:
+        """A run takes a batch; told to wait, it may wait (the clock moves) and try again."""
+        for _ in range(2):
+            self.tokens += 1
+            token = f"run-{self.tokens}"
+            taken = self.store.take(
+                token, lease_s=LEASE_S, max_runs=MAX_RUNS, max_wait_s=5.0, rate=1e6
+            )
+            if isinstance(taken, Taken):
+                self.runs[token] = Run(self, taken)
+                event(f"take: sent_before={taken.sent_before} runs={taken.runs} {taken.state}")
+                return
             event(f"take: {taken.kind}")
-        else:
-            self.runs[token] = Run(self, taken)
-            event(f"take: sent_before={taken.sent_before} runs={taken.runs} state={taken.state}")
+            if taken.kind != "wait" or not wait_it_out:
+                return
+            self.clock.advance(taken.wait_s)
 
     @precondition(lambda self: bool(self.runs))
     @rule(data=st.data(), steps=st.integers(1, 4))
@@ -496,7 +507,7 @@ class StoreModel(RuleBasedStateMachine):
     def crash(self, data: st.DataObject) -> None:
         del self.runs[data.draw(st.sampled_from(sorted(self.runs)))]
 
-    @rule(seconds=st.sampled_from([0.5, LEASE_S + 1]))
+    @rule(seconds=st.sampled_from([0.5, LEASE_S - 0.5, LEASE_S + 1]))
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
 

@@ -203,3 +203,30 @@ def test_a_pause_longer_than_an_hour_outlives_the_limiter_key(make_limiter, fake
     limiter = make_limiter(rate=10)
     limiter.pause(7_200.0)
     assert fake_redis.pttl(KEY) >= 7_200_000 - 1_000
+
+
+def test_a_configured_rate_is_not_held_to_twice_the_measured_rate_before_any_429(
+    make_limiter, clock
+) -> None:
+    """A fleet that sent 2 req/s for a second may send at its configured 1000/s at once:
+    the 2x-measured cap is for the controller after a 429, not for a stated limit (a
+    short job would spend its life climbing out of it)."""
+    limiter = make_limiter(rate=1_000)
+    for _ in range(3):  # a slow start: about 2 requests a second, measured
+        limiter.acquire(1.0)
+        clock.advance(0.5)
+    assert gaps(send_times(limiter, clock, 5)) == pytest.approx([0.001] * 4, abs=2 * US)
+
+
+def test_auto_climbs_from_its_start_by_the_measured_rate_until_the_first_429(
+    make_limiter, clock
+) -> None:
+    """'auto' before any 429 starts at 10 req/s and doubles with what the fleet really
+    sends (slow start), instead of creeping up a cubic curve for 15 s."""
+    limiter = make_limiter(rate="auto")
+    assert limiter.rate == pytest.approx(10)
+    start = clock.now
+    while clock.now - start < 3.0:  # a fleet that sends whenever it may, for 3 s
+        limiter.acquire(1.0)
+    # CUBIC from 10 would be at 10.7 req/s after 3 s (10 x (1 + 0.0025 x 3^3)).
+    assert limiter.rate > 40

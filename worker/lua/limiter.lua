@@ -58,7 +58,12 @@ local function limiter(key, op, default_rate, burst, max_wait_us, pause_us, limi
     if not configured and not h[10] then r = m_rate > 0 and math.huge or START end
     if configured then r = math.min(r, configured) end
     if ceiling > 0 then r = math.min(r, ceiling) end
-    if m_rate > 0 then r = math.min(r, math.max(2 * m_rate, START)) end
+    -- Twice the measured rate, at most (no runaway while the fleet cannot keep up); not
+    -- for a configured rate before any 429: the operator said what the API allows, and a
+    -- short job would spend its life climbing out of the cap.
+    if m_rate > 0 and (h[10] or not configured) then
+      r = math.min(r, math.max(2 * m_rate, START))
+    end
     return math.max(MIN_RATE, r)
   end
   local rate = current_rate()

@@ -504,6 +504,9 @@ class StoreModel(RuleBasedStateMachine):
             except StopIteration:
                 del self.runs[token]
                 return
+            except Exception:
+                self.broken = True  # no drain after a failure: report this one
+                raise
 
     @precondition(lambda self: "crash" in self.features and bool(self.runs))
     @rule(data=st.data())

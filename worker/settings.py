@@ -197,7 +197,7 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration:\n{_explain(exc)}") from None
+        raise ConfigError(f"invalid configuration:\n{explain(exc)}") from None
     except SettingsError as exc:
         # e.g. WICKSON_API_KEYS is not JSON; the message names the field, not the value.
         raise ConfigError(f"invalid configuration: {exc}") from None
@@ -212,9 +212,10 @@ def redact(text: str) -> str:
     return _USERINFO.sub("****@", text)
 
 
-def _explain(exc: ValidationError) -> str:
-    """One line per variable: a union's alternatives (a number, or 'auto') joined by
-    'or', so the operator reads what is allowed once, with the value given."""
+def explain(exc: ValidationError) -> str:
+    """One line per variable pydantic refused: its name, what is allowed (a union's
+    alternatives joined by 'or'), the value given (never a key's, a secret's or a token's;
+    a URL's user and password masked)."""
     lines: list[str] = []
     by_name: dict[str, tuple[list[str], str]] = {}
     for err in exc.errors():
@@ -224,7 +225,8 @@ def _explain(exc: ValidationError) -> str:
             continue
         field = str(err["loc"][0])
         name = "REDIS_URL" if field.lower() == "redis_url" else f"WICKSON_{field.upper()}"
-        value = "" if field.startswith("api_key") else f" (got {redact(repr(err.get('input')))})"
+        secret = any(word in field for word in ("key", "secret", "token"))
+        value = "" if secret else f" (got {redact(repr(err.get('input')))})"
         by_name.setdefault(name, ([], value))[0].append(err["msg"])
     named = [f"  {name}: {'; or '.join(msgs)}{value}" for name, (msgs, value) in by_name.items()]
     return "\n".join(named + lines)

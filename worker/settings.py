@@ -225,7 +225,7 @@ def explain(exc: ValidationError) -> str:
             continue
         field = str(err["loc"][0])
         name = "REDIS_URL" if field.lower() == "redis_url" else f"WICKSON_{field.upper()}"
-        secret = any(word in field for word in ("key", "secret", "token"))
+        secret = any(word in field for word in ("api_key", "secret", "token"))
         value = "" if secret else f" (got {redact(repr(err.get('input')))})"
         by_name.setdefault(name, ([], value))[0].append(err["msg"])
     named = [f"  {name}: {'; or '.join(msgs)}{value}" for name, (msgs, value) in by_name.items()]

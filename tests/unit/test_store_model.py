@@ -513,6 +513,23 @@ class StoreModel(RuleBasedStateMachine):
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
+    @precondition(lambda self: bool(self.runs))
+    @rule()
+    def advance_to_a_lapse(self) -> None:
+        """The clock moves just past the first lease to lapse (by a millisecond): with a
+        snapshot just before, a takeover fits in the second a Redis crash loses."""
+        expiries = [
+            float(score)
+            for job in self.live_jobs()
+            for index, score in self.redis.zrange(
+                self.store.keys.job(job, "pending"), 0, -1, withscores=True
+            )
+            if self.redis.hexists(self.store.keys.job(job, "owners"), index)
+        ]
+        ahead = [ms / 1000 - self.clock.now for ms in expiries if ms / 1000 > self.clock.now]
+        if ahead:
+            self.clock.advance(min(ahead) + 0.001)
+
     # -- controls -------------------------------------------------------------------------
 
     def _pick_job(self, data: st.DataObject) -> str | None:

@@ -39,8 +39,8 @@ but `deleted` (this job never attempted or never heard of them). At the end (tea
 every run is dropped and every job drained by well-behaved runs: every id then has
 exactly one outcome and every job finished exactly once.
 
-CI numbers: `EXAMPLES` = 300 examples of up to `STEPS` = 50 steps each (about 15,000
-rule steps, each followed by the full invariant), about 35 s on one core. A deeper
+CI numbers: `EXAMPLES` = 300 examples of up to `STEPS` = 50 steps each (up to 15,000
+rule steps, each followed by the full invariant), about 30 s on one core. A deeper
 run: `HYPOTHESIS_MODEL_EXAMPLES=5000 pytest -o timeout=0 tests/unit/test_store_model.py`.
 
 The bugs the machine found keep their reproducers at the end of this file (three, fixed

@@ -43,9 +43,10 @@ CI numbers: `EXAMPLES` = 300 examples of up to `STEPS` = 50 steps each (up to 15
 rule steps, each followed by the full invariant), about 30 s on one core. A deeper
 run: `HYPOTHESIS_MODEL_EXAMPLES=5000 pytest -o timeout=0 tests/unit/test_store_model.py`.
 
-The bugs the machine found keep their reproducers at the end of this file (three, fixed
-in 2af4d6b). A bug found later gets a strict-xfail reproducer and a `KNOWN_BUGS` switch
-that steps around it until it is fixed.
+Three bugs found while building this model (its rules, checked against the scripts
+and batch.py; each confirmed by a deterministic reproducer) keep their reproducers at
+the end of this file; they are fixed (2af4d6b). A bug found later gets a strict-xfail
+reproducer and a `KNOWN_BUGS` switch that steps around it until it is fixed.
 """
 
 from __future__ import annotations

@@ -41,11 +41,6 @@ MAX_429_IN_RUN = 20
 """429s one run absorbs before it hands its batch back for later."""
 
 SPLIT_CODES = frozenset({"BATCH_TOO_LARGE", "INVALID_MEDIA_IDS"})
-
-RENEW_AFTER_S = 0.1
-"""A first request whose send slot came later than this after the take renews its lease
-first (and sees a pause, a stop or a fleet 429 pause); a shorter wait is a request
-already in flight, and saves a round trip."""
 """400s answered by halving the request: a smaller server limit, or one bad id to isolate."""
 
 
@@ -215,24 +210,30 @@ class BatchRun:
         if first:
             wait = self.taken.wait_s
             metrics.record_limiter_wait(wait)
-            if wait > 0:
-                ctx.sleep(wait)
-                self.stats.wait_s += wait
-            if wait <= RENEW_AFTER_S:
+            if wait <= 0:
                 return  # the take reserved this slot and leased the batch a moment ago
-        self._renew()
-        if not first:
-            try:
-                waited = self.limiter.acquire(settings.max_wait_in_task_s)
-            except Deferred as exc:
-                raise _HandBack(exc.countdown_s, exc.why) from None
-            self.stats.wait_s += waited
-            metrics.record_limiter_wait(waited)
-            if waited > 0:
-                self._renew()
+            ctx.sleep(wait)
+            self.stats.wait_s += wait
+            # Renewing after the wait also sees a 429 pause set meanwhile: Retry-After is
+            # law, even for a slot a few milliseconds away.
+            if self._renew() <= 0:
+                return
+        else:
+            self._renew()
+        # A later request, or a 429 pause set while the run waited: a fresh slot from the
+        # limiter, after the pause and spaced from the others' (never all at its end).
+        try:
+            waited = self.limiter.acquire(settings.max_wait_in_task_s)
+        except Deferred as exc:
+            raise _HandBack(exc.countdown_s, exc.why) from None
+        self.stats.wait_s += waited
+        metrics.record_limiter_wait(waited)
+        if waited > 0:
+            self._renew()
 
-    def _renew(self) -> None:
-        """Renew the lease before a request; see a pause, a stop or a fleet 429 pause."""
+    def _renew(self) -> float:
+        """Renew the lease before a request; see a pause, a stop or a fleet 429 pause.
+        Returns the fleet's pause left, seconds (0: none)."""
         settings = self.ctx.settings
         renewal = self.ctx.store.renew(
             self.job_id, self.index, self.taken.token,
@@ -249,10 +250,7 @@ class BatchRun:
                 raise _HandBack(0.0, "job stopped")
         if renewal.pause_s > settings.max_wait_in_task_s:
             raise _HandBack(renewal.pause_s, "fleet paused by a 429")
-        if renewal.pause_s > 0:  # Retry-After is law, for every worker
-            self.ctx.sleep(renewal.pause_s)
-            self.stats.wait_s += renewal.pause_s
-            self._renew()
+        return renewal.pause_s
 
     # -- answers -----------------------------------------------------------------------
 

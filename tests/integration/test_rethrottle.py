@@ -35,9 +35,11 @@ def test_rethrottling_the_fleet_takes_effect_within_a_second(
     workers(fake.url, rate_limit=20, concurrency=6)
     workers(fake.url, rate_limit=20, concurrency=6)
     job = submit_job([f"vec-{i:07d}" for i in range(30_000)])
-    wait_until(lambda: len(fake.api.timeline()) >= 40, timeout=20, what="the job at 20 req/s")
+    wait_until(lambda: len(fake.api.timeline()) >= 70, timeout=20, what="the job at 20 req/s")
     before = stand_in_now(fake)
-    assert requests_between(fake, before - 1.5, before - 0.5) <= 22
+    # Past the workers' warm-up (first connections make early sends late, then bunched):
+    # two seconds at 20 req/s, give or take a request at each edge.
+    assert requests_between(fake, before - 2.5, before - 0.5) <= 2 * 20 + 2
     print(control.rethrottle(job.store, 80))
     changed = stand_in_now(fake)
     wait_until(lambda: stand_in_now(fake) >= changed + 3, timeout=10, what="3 s at the new rate")

@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 import redis
 
 from producers.control import wake
-from producers.ingest import INVALID_REASON, Deduplicator, Line, batched, quoted, read_lines, stored
+from producers.ingest import (
+    INVALID_REASON,
+    Deduplicator,
+    Line,
+    batched,
+    quoted,
+    read_id_runs,
+    stored,
+)
 from worker import webhooks
 from worker.errors import EmptyInput, InputError, StoreUnavailable
 from worker.keys import Keys
@@ -349,6 +357,14 @@ def _stage(
     return report, batches
 
 
+def _check_size(submitted: int, max_ids: int) -> None:
+    if submitted > max_ids:
+        raise InputError(
+            f"more than {max_ids:,} ids: larger than WICKSON_MAX_JOB_IDS allows;"
+            " split the input into several jobs"
+        )
+
+
 def _scan(
     source: Iterable[bytes | str],
     *,
@@ -360,13 +376,14 @@ def _scan(
     input over `max_ids` lines or without any id."""
     report, unique, invalid = IngestReport(), Deduplicator(), {}
     try:
-        for line in read_lines(source):
+        for line in read_id_runs(source):
+            if isinstance(line, list):  # a run of plain valid ids
+                report.submitted += len(line)
+                _check_size(report.submitted, max_ids)
+                unique.add_many(line)
+                continue
             report.submitted += 1
-            if report.submitted > max_ids:
-                raise InputError(
-                    f"more than {max_ids:,} ids: larger than WICKSON_MAX_JOB_IDS allows;"
-                    " split the input into several jobs"
-                )
+            _check_size(report.submitted, max_ids)
             if line.problem is None:
                 unique.add(line.text)
                 continue

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producers.ingest import Deduplicator, batched, id_problem, read_lines
+import producers.ingest as ingest
+from producers.ingest import Deduplicator, Line, batched, id_problem, read_id_runs, read_lines
 from worker.errors import InputError
 
 VALID_CHARS = "".join(c for c in string.printable[:94] if c not in "%,/\\")
@@ -262,3 +263,63 @@ def test_deduplicator_below_the_limit_writes_no_file() -> None:
         dedup.add(media_id)
     assert dedup._dir is None
     assert list(dedup) == ["a", "b"]
+
+
+def _flat(items: list[Line | list[str]]) -> list[tuple[str, str | None]]:
+    """(text, problem) of every id `read_id_runs` gave, runs flattened."""
+    out: list[tuple[str, str | None]] = []
+    for item in items:
+        if isinstance(item, list):
+            out.extend((media_id, None) for media_id in item)
+        else:
+            out.append((item.text, item.problem))
+    return out
+
+
+_LINE_PARTS = st.sampled_from(
+    [b"vec-1", b"vec-2", b"a,b", b"bad id", b"x/y", b" vec-3 ", b"", b"vec-4\r", b"\xff",
+     b"media_id", b"\xef\xbb\xbfvec-5", b"o" * 129]
+)  # fmt: skip
+
+
+@given(st.lists(_LINE_PARTS, max_size=40), st.integers(1, 5))
+def test_read_id_runs_reads_exactly_what_read_lines_reads(parts: list[bytes], run: int) -> None:
+    """The fast path gives the same ids, problems and order as the line-by-line reader,
+    whatever the lines (plain ids, CSV, headers, blanks, BOM, bad bytes), whatever the run
+    size."""
+    lines = [p + b"\n" for p in parts]
+    try:
+        expected = [(line.text, line.problem) for line in read_lines(lines)]
+    except InputError:
+        with pytest.raises(InputError):
+            list(read_id_runs(lines))
+        return
+    saved = ingest.RUN_LINES
+    ingest.RUN_LINES = run
+    try:
+        assert _flat(list(read_id_runs(lines))) == expected
+    finally:
+        ingest.RUN_LINES = saved
+
+
+def test_a_plain_list_comes_in_runs_after_its_first_line() -> None:
+    """After the first line, 4,096 plain ids come as one list (the fast path is taken)."""
+    lines = [f"vec-{i:07d}\n".encode() for i in range(10_000)]
+    items = list(read_id_runs(lines))
+    assert isinstance(items[0], Line)  # the first line settles header and CSV
+    assert any(isinstance(item, list) and len(item) == 4_096 for item in items)
+    assert _flat(items) == [(f"vec-{i:07d}", None) for i in range(10_000)]
+
+
+@given(st.lists(st.lists(st.sampled_from([f"v{i}" for i in range(30)]), max_size=12), max_size=8))
+def test_add_many_keeps_each_id_once_in_memory_or_spilled(runs: list[list[str]]) -> None:
+    """Runs added in bulk de-duplicate like ids added one by one, spilled or not."""
+    one, bulk = (
+        Deduplicator(memory_limit=10, partitions=4),
+        Deduplicator(memory_limit=10, partitions=4),
+    )
+    for run in runs:
+        for media_id in run:
+            one.add(media_id)
+        bulk.add_many(run)
+    assert sorted(bulk) == sorted(one) == sorted({i for run in runs for i in run})

@@ -17,8 +17,9 @@
         └── JobStopping       stop the job: no request for it can succeed
             └── AuthFailed        401/403: the key is wrong, revoked or read-only
 
-`ServerError` and `OutcomeUnknown` set `maybe_deleted`: after them, an id the API reports
-"not found" counts as already absent, not failed. No exception carries the API key.
+`ServerError` and `OutcomeUnknown` set `maybe_deleted`: the ids of such a request may be
+gone, so a stopping job confirms them with another request instead of counting them
+not_attempted, and giving up on them says so. No exception carries the API key.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from worker import webhooks
 from worker.errors import EmptyInput, InputError, StoreUnavailable
 from worker.keys import Keys
 from worker.ratelimit import FleetLimiter
+from worker.scripts import decoded
 from worker.settings import DEFAULT_ALIAS, Settings, get_settings
 from worker.store import BATCH_SIZE, PRIORITIES, JobStatus, JobStore, Priority
 
@@ -207,7 +208,7 @@ def check_same_input(store: JobStore, idempotency_key: str, job_id: str, digest:
         first = store.redis.get(store.keys.idempotency_digest(idempotency_key))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-    if first is not None and _text(first) != digest:
+    if first is not None and decoded(first) != digest:
         raise InputError(
             f"idempotency key {quoted(idempotency_key)} was used for job {job_id} with a"
             " different input: nothing submitted (use a new key, or the same input)"
@@ -400,7 +401,3 @@ def _scan(
         unique.close()
         raise
     return report, unique
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -9,6 +9,7 @@ import structlog
 
 from worker.errors import ConfigError, StoreUnavailable
 from worker.logs import register_secret
+from worker.scripts import decoded
 from worker.settings import Settings
 from worker.store import JobStore
 
@@ -42,7 +43,7 @@ def check_persistence(client: redis.Redis) -> bool:
         config = client.config_get("appendonly") | client.config_get("save")
     except redis.ResponseError:
         return True  # CONFIG disabled: check_eviction_policy already said to check by hand
-    values = {_text(k): _text(v) for k, v in config.items()}
+    values = {decoded(k): decoded(v) for k, v in config.items()}
     if values.get("appendonly") == "yes" or values.get("save", "").strip():
         return True
     log.warning(
@@ -57,10 +58,6 @@ def check_persistence(client: redis.Redis) -> bool:
         flush=True,
     )
     return False
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def check_worker(settings: Settings, store: JobStore) -> None:

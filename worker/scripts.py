@@ -70,9 +70,10 @@ def load_scripts(client: redis.Redis) -> dict[str, Script]:
 
 def reply_fields(reply: Sequence[Any]) -> dict[str, str]:
     """A script's flat name/value reply as a dict."""
-    values = [_text(v) for v in reply]
+    values = [decoded(v) for v in reply]
     return dict(zip(values[::2], values[1::2], strict=True))
 
 
-def _text(value: Any) -> str:
+def decoded(value: Any) -> str:
+    """A Redis reply (bytes, or a number) as str: the one place replies are decoded."""
     return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)

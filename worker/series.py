@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+from worker.scripts import decoded
 from worker.store import JobStatus, JobStore
 
 SAMPLE_EVERY_S = 2.0
@@ -49,7 +50,7 @@ def _sample(store: JobStore, status: JobStatus, now: float) -> int:
     age = now - (status.started_at or status.created_at or now)
     # Thin out with age (10% slack: ticks are not exactly SAMPLE_EVERY_S apart).
     spacing = max(SAMPLE_EVERY_S, age / MAX_POINTS) * 0.9
-    if last is not None and now - int(_text(last).split(",", 1)[0]) / 1000 < spacing:
+    if last is not None and now - int(decoded(last).split(",", 1)[0]) / 1000 < spacing:
         return 0
     point = (
         f"{int(now * 1000)},{status.done},{status.deleted},{status.failed},{status.rate_limited}"
@@ -66,10 +67,6 @@ def series(store: JobStore, job_id: str) -> list[Sample]:
     """A job's samples, oldest first (empty when none was taken)."""
     points = []
     for raw in store.redis.lrange(store.keys.job_series(job_id), 0, -1):
-        t, done, deleted, failed, limited = _text(raw).split(",")
+        t, done, deleted, failed, limited = decoded(raw).split(",")
         points.append(Sample(int(t) / 1000, int(done), int(deleted), int(failed), int(limited)))
     return points
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from worker.errors import InputError, JobNotFound, StoreUnavailable
 from worker.keys import Keys
-from worker.scripts import load_scripts, reply_fields
+from worker.scripts import decoded, load_scripts, reply_fields
 
 JobState = Literal[
     "staging", "queued", "running", "paused", "stopping", "completed", "failed", "cancelled"
@@ -293,8 +293,8 @@ class JobStore:
                     try:
                         pipe.watch(idem)  # type: ignore[no-untyped-call]
                         existing = pipe.get(idem)
-                        if existing and pipe.exists(self.keys.job(_text(existing))):
-                            return _text(existing), False
+                        if existing and pipe.exists(self.keys.job(decoded(existing))):
+                            return decoded(existing), False
                         pipe.multi()
                         pipe.set(idem, job_id, ex=self.retention_s)
                         pipe.hset(self.keys.job(job_id), mapping=record)  # type: ignore[arg-type]
@@ -334,7 +334,7 @@ class JobStore:
             self.redis.delete(*self.keys.job_keys(job_id))
             if idempotency_key is not None:
                 idem = self.keys.idempotency(idempotency_key)
-                if _text(self.redis.get(idem) or b"") == job_id:
+                if decoded(self.redis.get(idem) or b"") == job_id:
                     self.redis.delete(idem)
 
     def seal(self, job_id: str, *, batches: int, valid: int, invalid: int, submitted: int) -> str:
@@ -349,7 +349,7 @@ class JobStore:
             if "NOJOB" in str(exc):
                 raise InputError(f"job {job_id} expired while staging") from None
             raise
-        return _text(state)
+        return decoded(state)
 
     # -- workers -----------------------------------------------------------------------
 
@@ -436,7 +436,7 @@ class JobStore:
                 args=[self.keys.prefix, worker, int(ticket_ttl_s * 1000), slots,
                       int(heartbeat_s * 1000), most],
             )  # fmt: skip
-        return [_text(t) for t in reply]
+        return [decoded(t) for t in reply]
 
     def end_drain(self, ticket: str) -> None:
         """A drain run ends for good (no runnable job): its ticket goes."""
@@ -460,7 +460,7 @@ class JobStore:
             except redis.ResponseError:
                 return False  # INFO disabled (some managed Redis, fakeredis): cannot tell
             seen = self.redis.hget(self.keys.store, "run_id")
-            if seen is not None and _text(seen) == run_id:
+            if seen is not None and decoded(seen) == run_id:
                 return False
             if seen is not None:
                 self.scripts["lost_writes"](args=[self.keys.prefix, margin])
@@ -499,7 +499,7 @@ class JobStore:
     def active_jobs(self) -> list[str]:
         """Every unfinished job (queued, running, paused, stopping), oldest first."""
         with _store_errors():
-            return [_text(j) for j in self.redis.zrange(self.keys.active, 0, -1)]
+            return [decoded(j) for j in self.redis.zrange(self.keys.active, 0, -1)]
 
     # -- readers -----------------------------------------------------------------------
 
@@ -520,7 +520,7 @@ class JobStore:
     def priority(self, job_id: str) -> Priority:
         """The job's priority ('normal' for a job without one, or gone)."""
         with _store_errors():
-            value = _text(self.redis.hget(self.keys.job(job_id), "priority") or b"normal")
+            value = decoded(self.redis.hget(self.keys.job(job_id), "priority") or b"normal")
         return value if value in PRIORITIES else "normal"
 
     def link_retry(self, job_id: str, retry_id: str) -> bool:
@@ -544,8 +544,8 @@ class JobStore:
                 ids = self.redis.zrevrange(self.keys.jobs, first, min(first + 200, scan_max) - 1)
                 with self.redis.pipeline(transaction=False) as pipe:
                     for job_id in ids:
-                        pipe.hgetall(self.keys.job(_text(job_id)))
-                        pipe.hgetall(self.keys.job(_text(job_id), "reasons"))
+                        pipe.hgetall(self.keys.job(decoded(job_id)))
+                        pipe.hgetall(self.keys.job(decoded(job_id), "reasons"))
                     replies = pipe.execute()
             for record, reasons in zip(replies[::2], replies[1::2], strict=True):
                 status = _to_status(record, reasons) if record else None
@@ -564,7 +564,7 @@ class JobStore:
             for media_id, reason in self.redis.hscan_iter(
                 self.keys.job(job_id, "failed"), count=count
             ):
-                yield _text(media_id), _text(reason)
+                yield decoded(media_id), decoded(reason)
 
     def set_job_rate(self, job_id: str, rate: float | None) -> None:
         """Give a job its own rate limit under the fleet's (None removes it)."""
@@ -584,7 +584,7 @@ class JobStore:
     def known_aliases(self) -> set[str]:
         """Key aliases some worker has registered."""
         with _store_errors():
-            return {_text(a) for a in self.redis.smembers(self.keys.aliases)}
+            return {decoded(a) for a in self.redis.smembers(self.keys.aliases)}
 
     def iter_outcomes(self, job_id: str, *, batches_per_call: int = 50) -> Iterator[OutcomeRow]:
         """Every unique id of the job with its outcome (deleted, not_found, failed,
@@ -601,7 +601,7 @@ class JobStore:
             first_skipped, stop_reason = self.redis.hmget(
                 keys.job(job_id), "skipped_from", "stop_reason"
             )
-        skipped_from = int(_text(first_skipped or b"-1"))
+        skipped_from = int(decoded(first_skipped or b"-1"))
         for first in range(0, status.batches_total, batches_per_call):
             indices = range(first, min(first + batches_per_call, status.batches_total))
             with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
@@ -611,18 +611,18 @@ class JobStore:
                     pipe.getrange(keys.job(job_id, "resolved"), index * 16, index * 16 + 15)
                 packed, ops, *bits = pipe.execute()
             for index, ids_packed, op, mask in zip(indices, packed, ops, bits, strict=True):
-                ids = _text(ids_packed).split("\n")
+                ids = decoded(ids_packed).split("\n")
                 if 0 <= skipped_from <= index:
-                    skipped = _text(stop_reason or b"")
+                    skipped = decoded(stop_reason or b"")
                     yield from (ReportRow(i, "not_attempted", skipped, "") for i in ids)
                     continue
                 for outcome in self._batch_outcomes(job_id, ids, mask):
                     sent = outcome.outcome in _SENT_OUTCOMES
-                    yield ReportRow(*outcome, _text(op) if op is not None and sent else "")
+                    yield ReportRow(*outcome, decoded(op) if op is not None and sent else "")
         with _store_errors():
             for media_id, reason in self.redis.hscan_iter(keys.job(job_id, "failed"), count=1_000):
-                if _text(reason) == "invalid_id":
-                    yield ReportRow(_text(media_id), "failed", "invalid_id", "")
+                if decoded(reason) == "invalid_id":
+                    yield ReportRow(decoded(media_id), "failed", "invalid_id", "")
 
     def _batch_outcomes(self, job_id: str, ids: list[str], mask: bytes) -> Iterator[OutcomeRow]:
         keys = self.keys
@@ -636,18 +636,18 @@ class JobStore:
             if not resolved:
                 yield OutcomeRow(media_id, "pending", "")
             elif failed[pos] is not None:
-                yield OutcomeRow(media_id, "failed", _text(failed[pos]))
+                yield OutcomeRow(media_id, "failed", decoded(failed[pos]))
             elif not_found[pos]:
                 yield OutcomeRow(media_id, "not_found", "")
             elif skipped[pos] is not None:
-                yield OutcomeRow(media_id, "not_attempted", _text(skipped[pos]).split("|", 1)[-1])
+                yield OutcomeRow(media_id, "not_attempted", decoded(skipped[pos]).split("|", 1)[-1])
             else:
                 yield OutcomeRow(media_id, "deleted", "")
 
     def recent_jobs(self, limit: int = 50) -> list[str]:
         """Ids of the newest jobs, newest first."""
         with _store_errors():
-            return [_text(j) for j in self.redis.zrevrange(self.keys.jobs, 0, limit - 1)]
+            return [decoded(j) for j in self.redis.zrevrange(self.keys.jobs, 0, limit - 1)]
 
     def recent_states(self, limit: int = 1_000) -> dict[str, str]:
         """State of each of the `limit` newest jobs (newest first), in two round trips."""
@@ -656,11 +656,11 @@ class JobStore:
             for job_id in ids:
                 pipe.hget(self.keys.job(job_id), "state")
             found = pipe.execute()
-        return {j: _text(st) for j, st in zip(ids, found, strict=True) if st}
+        return {j: decoded(st) for j, st in zip(ids, found, strict=True) if st}
 
 
 def _to_status(record: dict[Any, Any], reasons: dict[Any, Any]) -> JobStatus:
-    fields = {_text(k): _text(v) for k, v in record.items()}
+    fields = {decoded(k): decoded(v) for k, v in record.items()}
     data: dict[str, Any] = {k: v for k, v in fields.items() if k not in INT_FIELDS}
     data.update({k: int(v) for k, v in fields.items() if k in INT_FIELDS})
     for stamp in ("created_at", "queued_at", "started_at", "finished_at"):
@@ -670,16 +670,12 @@ def _to_status(record: dict[Any, Any], reasons: dict[Any, Any]) -> JobStatus:
     data["last_error"] = fields.get("last_error") or None
     for link in ("sweep", "retry_of", "retried_by"):
         data[link] = fields.get(link) or None
-    data["failure_reasons"] = {_text(k): int(v) for k, v in reasons.items()}
+    data["failure_reasons"] = {decoded(k): int(v) for k, v in reasons.items()}
     return JobStatus.model_validate(data)
 
 
 def _rate_text(rate: float | str) -> str:
     return "auto" if rate == "auto" else repr(float(rate))
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
 
 
 @contextmanager

@@ -32,6 +32,7 @@ import structlog
 from pydantic import BaseModel
 
 from worker.errors import InputError, JobNotFound
+from worker.scripts import decoded
 from worker.settings import Settings
 from worker.store import JobStatus, JobStore
 
@@ -299,6 +300,4 @@ def _seconds(value: str) -> float | None:
 
 
 def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+    return "" if value is None else decoded(value)

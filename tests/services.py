@@ -8,6 +8,7 @@ flushed before each test). Without it the tier is skipped on a laptop and fails 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -107,16 +108,21 @@ def worker_env(
     return env
 
 
+_NODES = itertools.count(1)
+"""Worker node names: unique on a host, as RabbitMQ's remote-control queues need."""
+
+
 class WorkerProcess:
     """A `celery -A worker worker` subprocess, its output kept in a file."""
 
     def __init__(self, env: dict[str, str], *, concurrency: int, pool: str) -> None:
+        self.node = f"wp{next(_NODES)}-{os.getpid()}@%h"
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (lives as long as the worker)
             prefix="wickson-worker-", suffix=".log", delete=False
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO",
-             f"--pool={pool}", f"--concurrency={concurrency}", "--without-gossip",
+             f"--pool={pool}", f"--concurrency={concurrency}", "-n", self.node, "--without-gossip",
              "--without-mingle", "--without-heartbeat"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip

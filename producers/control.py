@@ -6,17 +6,27 @@ drain messages it misses), by task name: producers never import the tasks themse
 
 from __future__ import annotations
 
-from worker.errors import InputError
+import structlog
+
+from worker.errors import BrokerUnavailable, InputError
 from worker.keeper import wake_fleet
 from worker.ratelimit import FleetLimiter
 from worker.store import JobStore
 
+log = structlog.get_logger("wickson_purge.control")
+
 
 def wake(store: JobStore) -> int:
-    """Publish the drain runs the fleet misses while a job is runnable; returns how many."""
+    """Publish the drain runs the fleet misses while a job is runnable; returns how many.
+    A broker that does not answer is no error: the job waits in the store, and the
+    workers' keepers wake it once the broker is back."""
     from worker.celery import send_drains
 
-    return wake_fleet(store, send_drains)
+    try:
+        return wake_fleet(store, send_drains)
+    except BrokerUnavailable as exc:
+        log.warning("wake.broker_unavailable", error=str(exc), hint="keepers will wake the job")
+        return 0
 
 
 def pause(store: JobStore, job_id: str) -> bool:

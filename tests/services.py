@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from ops.fake_api import FakeApiConfig, RunningFakeApi, run_in_thread
 from producers.submit import Job, submit
 from tests.helpers import wait_until
+from tests.rabbit import PrivateRabbit, private_rabbit  # noqa: F401 (fixtures for conftests)
 from worker.broker import (
     UNACKED_KEY,
     amqp_queue_depths,
@@ -154,15 +155,20 @@ class WorkerProcess:
     def cleanup(self) -> None:
         self.stop()
         self.log.close()
+        if os.environ.get("TEST_KEEP_WORKER_LOGS"):  # to read a failed run's workers
+            print(f"worker log kept: {self.log.name}")
+            return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.log.name)
 
 
 class RunningBroker:
-    """The broker of a test: the store's own Redis, or RabbitMQ."""
+    """The broker of a test: the store's own Redis, RabbitMQ, or a Redis of its own."""
 
-    def __init__(self, kind: str, url: str) -> None:
+    def __init__(self, kind: str, url: str, *, is_store: bool = False) -> None:
         self.kind, self.url = kind, url
+        self.is_store = is_store
+        """The store's own Redis (workers get no WICKSON_BROKER_URL: whatever their store)."""
 
     @property
     def amqp(self) -> bool:
@@ -170,7 +176,7 @@ class RunningBroker:
 
     def worker_url(self, store_url: str) -> str | None:
         """WICKSON_BROKER_URL of a worker whose store is `store_url` (None: the store)."""
-        return self.url if self.amqp else None
+        return None if self.is_store else self.url
 
     def depth(self, queue: str) -> int:
         """Messages waiting in `queue`."""
@@ -245,12 +251,12 @@ def broker(broker_kind: str, redis_url: str) -> Iterator[RunningBroker]:
             pytest.skip(f"no RabbitMQ at {AMQP_URL}")
         test_broker = RunningBroker("amqp", AMQP_URL)
     else:
-        test_broker = RunningBroker("redis", redis_url)
+        test_broker = RunningBroker("redis", redis_url, is_store=True)
     configure(producer_settings(redis_url, test_broker))
     if test_broker.amqp:
         test_broker.purge()
     yield test_broker
-    configure(producer_settings(redis_url, RunningBroker("redis", redis_url)))
+    configure(producer_settings(redis_url, RunningBroker("redis", redis_url, is_store=True)))
 
 
 def producer_settings(store_url: str, broker: RunningBroker, **overrides: Any) -> Settings:
@@ -265,8 +271,8 @@ def producer_settings(store_url: str, broker: RunningBroker, **overrides: Any) -
 
 @pytest.fixture
 def workers(redis_url: str, broker: RunningBroker) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start worker processes against the test Redis (or `store`), the test's broker and a
-    stand-in URL; stops them all."""
+    """Start worker processes against the test Redis (or `store`), the test's broker (or
+    `via`) and a stand-in URL; stops them all."""
     started: list[WorkerProcess] = []
 
     def start(
@@ -276,11 +282,13 @@ def workers(redis_url: str, broker: RunningBroker) -> Iterator[Callable[..., Wor
         pool: str = "threads",
         wait: bool = True,
         store: str | None = None,
+        via: RunningBroker | None = None,
         **settings: Any,
     ) -> WorkerProcess:
         store_url = store or redis_url
+        broker_url = (via or broker).worker_url(store_url)
         proc = WorkerProcess(
-            worker_env(store_url, api_url, broker_url=broker.worker_url(store_url), **settings),
+            worker_env(store_url, api_url, broker_url=broker_url, **settings),
             concurrency=concurrency,
             pool=pool,
         )

@@ -30,7 +30,7 @@ QUEUES = (CONTROL_QUEUE, QUEUE)
 """The broker queues, in the order workers consume them (on Redis; RabbitMQ delivers
 from both as messages come)."""
 DEAD_QUEUE = f"{QUEUE}.dead"
-"""RabbitMQ only: where a message goes after `WICKSON_BROKER_DELIVERY_LIMIT` deliveries."""
+"""RabbitMQ only: where a message goes after `WICKSON_BROKER_DELIVERY_LIMIT` returns unacked."""
 DRAIN_TASK = "wickson_purge.drain"
 WATCHDOG_TASK = "wickson_purge.watchdog"
 SWEEP_TASK = "wickson_purge.run_sweep"

@@ -68,7 +68,7 @@ def result_row(r: RunResult) -> str:
             _fmt(r.producer_s, ".2f"),
             _fmt(r.enqueue_ids_per_s, ",.0f"),
             _fmt(r.producer_rss_mb, ".1f"),
-            _fmt(r.scripts_per_batch, ".2f") if r.system == "ours" else "-",
+            _fmt(r.scripts_per_batch, ".2f") if r.system.startswith("ours") else "-",
             "/".join(f"{cpu.get(k, 0):.2f}" for k in ("workers", "api", "redis", "machine")),
         ]
     )

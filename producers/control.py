@@ -7,16 +7,10 @@ drain messages it misses), by task name: producers never import the tasks themse
 from __future__ import annotations
 
 from worker.errors import InputError
-from worker.keeper import wake_fleet
-from worker.ratelimit import FleetLimiter
+from worker.jobs import wake
+from worker.ratelimit import limiter_for
+from worker.settings import DEFAULT_ALIAS, Settings, get_settings
 from worker.store import JobStore
-
-
-def wake(store: JobStore) -> int:
-    """Publish the drain runs the fleet misses while a job is runnable; returns how many."""
-    from worker.celery import send_drains
-
-    return wake_fleet(store, send_drains)
 
 
 def pause(store: JobStore, job_id: str) -> bool:
@@ -54,8 +48,8 @@ def rethrottle(
     rate: float | str | None,
     *,
     job_id: str | None = None,
-    key_alias: str = "default",
-    default_rate: float | str = 10.0,
+    key_alias: str = DEFAULT_ALIAS,
+    settings: Settings | None = None,
 ) -> str:
     """Change a rate now: the fleet's (of one key alias; a number or 'auto'), or one job's
     own limit under it (None lifts it). Every worker reads it on its next request."""
@@ -66,7 +60,7 @@ def rethrottle(
         return f"job {job_id}: " + ("fleet rate only" if rate is None else f"{rate} requests/s")
     if rate is None:
         raise InputError("the fleet needs a rate: a number of requests/s, or 'auto'")
-    limiter = FleetLimiter(store.redis, store.keys.limiter(key_alias), rate=default_rate)
+    limiter = limiter_for(store, settings or get_settings(), key_alias)
     try:
         limiter.set_rate(rate)
     except ValueError as exc:

@@ -47,7 +47,7 @@ from celery.beat import BeatLazyFunc
 from celery.schedules import ParseException, crontab
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from worker.errors import ConfigError, EmptyInput, InputError, StoreUnavailable
+from worker.errors import ConfigError, EmptyInput, InputError, StoreUnavailable, describe, dotted
 from worker.ingest import read_lines
 from worker.jobs import check_reason, dry_run, submit
 from worker.keys import Keys
@@ -266,19 +266,19 @@ def _anchor_paths(entry: dict[str, Any], base: Path) -> None:
 
 
 def _explain(exc: ValidationError, data: dict[str, Any]) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = list(err["loc"])
+    """One line per place: the sweep (by name, or number) and its field, or the file."""
+
+    def place(loc: Sequence[Any]) -> str:
         where = "file"
-        if loc[:1] == ["sweep"] and len(loc) > 1 and isinstance(loc[1], int):
+        if loc[:1] == ("sweep",) and len(loc) > 1 and isinstance(loc[1], int):
             entry = data["sweep"][loc[1]]
             name = entry.get("name") if isinstance(entry, dict) else None
             where = f"sweep {name!r}" if name else f"sweep #{loc[1] + 1}"
             loc = loc[2:]
-        field = ".".join(str(p) for p in loc).replace("callable_", "callable")
-        message = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}: {field + ': ' if field else ''}{message}")
-    return "\n".join(lines)
+        field = dotted(loc).replace("callable_", "callable")
+        return f"{where}: {field}" if field else where
+
+    return "\n".join(f"  {line}" for line in describe(exc.errors(), place=place))
 
 
 def beat_entries(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from worker.errors import Deferred
-from worker.scripts import SCRIPTS
+from worker.scripts import SCRIPTS, reply_fields
 from worker.settings import DEFAULT_ALIAS, Settings
 
 if TYPE_CHECKING:
@@ -53,13 +53,13 @@ class FleetLimiter:
     def _call(
         self, op: str, max_wait_s: float = 0.0, pause_s: float = 0.0, limit: float = 0.0
     ) -> int:
-        wait_us, rate = self._script(
+        reply = reply_fields(self._script(
             keys=[self.key],
             args=[op, self.default_rate, self.burst, int(max_wait_s * 1e6), int(pause_s * 1e6),
                   limit],
-        )  # fmt: skip
-        self.last_rate = float(rate)
-        return int(wait_us)
+        ))  # fmt: skip
+        self.last_rate = float(reply["rate"])
+        return int(reply["wait_us"])
 
     def acquire(self, max_wait_s: float) -> float:
         """Wait for a send slot; return the seconds waited. Raises Deferred when the slot

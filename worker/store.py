@@ -89,8 +89,11 @@ class JobStatus(BaseModel):
     hd_vectors: int = 0
     ld_vectors: int = 0
     requests: int = 0
+    """API requests sent for the job: answered or not, 429s and 400 splits included."""
     rate_limited: int = 0
+    """Requests answered 429 (sent again after the fleet's pause; no attempt spent)."""
     retries: int = 0
+    """Requests that failed retryably (5xx, timeout, reset): each spends an attempt."""
     last_error: str | None = None
     failure_reasons: dict[str, int] = {}
 
@@ -172,6 +175,7 @@ class BatchCommit:
     requests: int = 0
     rate_limited: int = 0
     retries: int = 0
+    """requests, rate_limited, retries: added to the job's counters (`JobStatus`)."""
     operation_id: str = ""
     last_error: str = ""
     release: Literal["keep", "later"] = "keep"
@@ -612,10 +616,10 @@ class JobStore:
         status = self.status(job_id)
         keys = self.keys
         with store_errors():
-            first_skipped, stop_reason = self.redis.hmget(
-                keys.job(job_id), "skipped_from", "stop_reason"
+            bulk_from, stop_reason = self.redis.hmget(
+                keys.job(job_id), "not_attempted_from", "stop_reason"
             )
-        skipped_from = int(decoded(first_skipped or b"-1"))
+        not_attempted_from = int(decoded(bulk_from or b"-1"))
         for first in range(0, status.batches_total, batches_per_call):
             indices = range(first, min(first + batches_per_call, status.batches_total))
             with store_errors(), self.redis.pipeline(transaction=False) as pipe:
@@ -626,9 +630,9 @@ class JobStore:
                 packed, ops, *bits = pipe.execute()
             for index, ids_packed, op, mask in zip(indices, packed, ops, bits, strict=True):
                 ids = decoded(ids_packed).split("\n")
-                if 0 <= skipped_from <= index:
-                    skipped = decoded(stop_reason or b"")
-                    yield from (ReportRow(i, "not_attempted", skipped, "") for i in ids)
+                if 0 <= not_attempted_from <= index:
+                    why = decoded(stop_reason or b"")
+                    yield from (ReportRow(i, "not_attempted", why, "") for i in ids)
                     continue
                 for outcome in self._batch_outcomes(job_id, ids, mask):
                     sent = outcome.outcome in _SENT_OUTCOMES
@@ -644,7 +648,7 @@ class JobStore:
             pipe.hmget(keys.job(job_id, "failed"), ids)
             pipe.smismember(keys.job(job_id, "not_found"), ids)
             pipe.hmget(keys.job(job_id, "not_attempted"), ids)
-            failed, not_found, skipped = pipe.execute()
+            failed, not_found, not_attempted = pipe.execute()
         for pos, media_id in enumerate(ids):
             resolved = pos // 8 < len(mask) and mask[pos // 8] >> (7 - pos % 8) & 1
             if not resolved:
@@ -653,8 +657,9 @@ class JobStore:
                 yield OutcomeRow(media_id, "failed", decoded(failed[pos]))
             elif not_found[pos]:
                 yield OutcomeRow(media_id, "not_found", "")
-            elif skipped[pos] is not None:
-                yield OutcomeRow(media_id, "not_attempted", decoded(skipped[pos]).split("|", 1)[-1])
+            elif not_attempted[pos] is not None:
+                why = decoded(not_attempted[pos]).split("|", 1)[-1]
+                yield OutcomeRow(media_id, "not_attempted", why)
             else:
                 yield OutcomeRow(media_id, "deleted", "")
 

@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     """Guard rail: a larger job is refused before anything is sent."""
 
     sweeps_file: Path | None = None
-    """TOML file of retention sweeps run by beat (producers/sweeps.py); none: no sweeps.
+    """TOML file of retention sweeps run by beat (worker/sweeps.py); none: no sweeps.
     Beat and the workers must read the same file."""
 
     key_prefix: str = Field("wp", pattern=r"^[A-Za-z0-9_.-]{1,32}$")

@@ -21,16 +21,28 @@ from typing import Any
 
 import pytest
 import redis
+from kombu.connection import Connection
+from kombu.entity import Queue
 from pydantic import SecretStr
 
 from ops.fake_api import FakeApiConfig, RunningFakeApi, run_in_thread
 from producers.submit import Job, submit
 from tests.helpers import wait_until
+from worker.broker import (
+    UNACKED_KEY,
+    amqp_queue_depths,
+    declare_dead_letter_queue,
+    redis_queue_depths,
+)
+from worker.celery import QUEUES
 from worker.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 API_KEY = "test-key"
+BROKERS = ("redis", "amqp")
+"""The brokers the integration tier and the fault tests marked `both_brokers` run on."""
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +88,9 @@ def fake_api() -> Iterator[Callable[..., RunningFakeApi]]:
         running.stop()
 
 
-def worker_env(redis_url: str, api_url: str, **settings: Any) -> dict[str, str]:
+def worker_env(
+    redis_url: str, api_url: str, *, broker_url: str | None = None, **settings: Any
+) -> dict[str, str]:
     """The environment of a worker process: our settings as env vars."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WICKSON_")}
     env.update(
@@ -87,6 +101,8 @@ def worker_env(redis_url: str, api_url: str, **settings: Any) -> dict[str, str]:
         WICKSON_BACKOFF_CAP_S="1",
         PYTHONPATH=str(ROOT),
     )
+    if broker_url is not None:
+        env["WICKSON_BROKER_URL"] = broker_url
     env.update({f"WICKSON_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 
@@ -136,9 +152,115 @@ class WorkerProcess:
             os.unlink(self.log.name)
 
 
+class RunningBroker:
+    """The broker of a test: the store's own Redis, or RabbitMQ."""
+
+    def __init__(self, kind: str, url: str) -> None:
+        self.kind, self.url = kind, url
+
+    @property
+    def amqp(self) -> bool:
+        return self.kind == "amqp"
+
+    def worker_url(self, store_url: str) -> str | None:
+        """WICKSON_BROKER_URL of a worker whose store is `store_url` (None: the store)."""
+        return self.url if self.amqp else None
+
+    def depth(self, queue: str) -> int:
+        """Messages waiting in `queue`."""
+        if self.amqp:
+            with Connection(self.url) as conn:
+                return amqp_queue_depths(conn, [queue])[queue]
+        client = redis.Redis.from_url(self.url)
+        try:
+            return redis_queue_depths(client, [queue])[queue]
+        finally:
+            client.close()
+
+    def unacked(self) -> int | None:
+        """Messages delivered and not acked (None: RabbitMQ does not say over AMQP)."""
+        if self.amqp:
+            return None
+        client = redis.Redis.from_url(self.url)
+        try:
+            return int(client.hlen(UNACKED_KEY))
+        finally:
+            client.close()
+
+    def lose_waiting_messages(self) -> None:
+        """What a broker losing its messages does: every message waiting is gone."""
+        if self.amqp:
+            self.purge()
+            return
+        client = redis.Redis.from_url(self.url)
+        try:
+            client.delete(*QUEUES, UNACKED_KEY, "unacked_index")
+        finally:
+            client.close()
+
+    def purge(self) -> None:
+        """Declare our queues (as the workers do) and empty them, dead letters too."""
+        from worker.celery import DEAD_QUEUE, app
+
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            declare_dead_letter_queue(conn, DEAD_QUEUE)
+            for queue in [*app.amqp.queues.values(), Queue(DEAD_QUEUE)]:
+                bound = queue(channel)
+                if queue.name != DEAD_QUEUE:
+                    bound.declare()
+                bound.purge()
+
+
+def parametrize_brokers(metafunc: pytest.Metafunc) -> None:
+    """Run every test of a tier that starts workers once per broker (pytest_generate_tests)."""
+    if "broker_kind" in metafunc.fixturenames:
+        metafunc.parametrize("broker_kind", BROKERS, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """'redis' unless the test is parametrized over BROKERS (see `parametrize_brokers`)."""
+    return str(getattr(request, "param", "redis"))
+
+
 @pytest.fixture
-def workers(redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start worker processes against the test Redis and a stand-in URL; stops them all."""
+def broker(broker_kind: str, redis_url: str) -> Iterator[RunningBroker]:
+    """The test's broker, empty, with this process' Celery app publishing to it."""
+    from worker.celery import configure
+
+    if broker_kind == "amqp":
+        try:
+            with Connection(AMQP_URL, connect_timeout=3) as conn:
+                conn.ensure_connection(max_retries=1)
+        except Exception as exc:
+            if os.environ.get("CI"):
+                pytest.fail(f"CI needs RabbitMQ at {AMQP_URL}: {exc}")
+            pytest.skip(f"no RabbitMQ at {AMQP_URL}")
+        test_broker = RunningBroker("amqp", AMQP_URL)
+    else:
+        test_broker = RunningBroker("redis", redis_url)
+    configure(producer_settings(redis_url, test_broker))
+    if test_broker.amqp:
+        test_broker.purge()
+    yield test_broker
+    configure(producer_settings(redis_url, RunningBroker("redis", redis_url)))
+
+
+def producer_settings(store_url: str, broker: RunningBroker, **overrides: Any) -> Settings:
+    """Settings of this process (the producer side) for a store and a broker."""
+    return load_settings(
+        redis_url=store_url,
+        broker_url=broker.worker_url(store_url),
+        api_key=SecretStr(API_KEY),
+        **overrides,
+    )
+
+
+@pytest.fixture
+def workers(redis_url: str, broker: RunningBroker) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker processes against the test Redis (or `store`), the test's broker and a
+    stand-in URL; stops them all."""
     started: list[WorkerProcess] = []
 
     def start(
@@ -147,11 +269,12 @@ def workers(redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
         concurrency: int = 8,
         pool: str = "threads",
         wait: bool = True,
-        broker: str | None = None,
+        store: str | None = None,
         **settings: Any,
     ) -> WorkerProcess:
+        store_url = store or redis_url
         proc = WorkerProcess(
-            worker_env(broker or redis_url, api_url, **settings),
+            worker_env(store_url, api_url, broker_url=broker.worker_url(store_url), **settings),
             concurrency=concurrency,
             pool=pool,
         )
@@ -166,23 +289,18 @@ def workers(redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
 
 
 @pytest.fixture
-def settings_for(redis_url: str) -> Callable[..., Settings]:
-    """Settings for this test process (the producer side) pointing at the test Redis."""
+def settings_for(redis_url: str, broker: RunningBroker) -> Callable[..., Settings]:
+    """Settings for this test process (the producer side): the test Redis and broker."""
 
     def make(api_url: str = "http://127.0.0.1:9", **overrides: Any) -> Settings:
-        return load_settings(
-            redis_url=redis_url, api_url=api_url, api_key=SecretStr(API_KEY), **overrides
-        )
+        return producer_settings(redis_url, broker, api_url=api_url, **overrides)
 
     return make
 
 
 @pytest.fixture
 def submit_job(rclient: redis.Redis, settings_for: Callable[..., Settings]) -> Callable[..., Job]:
-    """Submit ids through the real producer path; the start task goes to the test broker."""
-    from worker.celery import app
-
-    app.conf.broker_url = settings_for().redis_url
+    """Submit ids through the real producer path; the wake-ups go to the test broker."""
 
     def do(ids: list[str], *, reason: str = "test", **kw: Any) -> Job:
         return submit(ids, reason=reason, settings=settings_for(), client=rclient, **kw)

@@ -18,15 +18,18 @@ from typing import Any
 
 import structlog
 from celery import Celery, signals
-from kombu.entity import Exchange, Queue
 
+from worker.broker import amqp_config, declare_dead_letter_queue, read_broker, redis_config
 from worker.errors import ConfigError
 from worker.settings import Settings, get_settings
 
 QUEUE = "wickson-purge"
 CONTROL_QUEUE = f"{QUEUE}.control"
 QUEUES = (CONTROL_QUEUE, QUEUE)
-"""The broker queues, in the order workers consume them."""
+"""The broker queues, in the order workers consume them (on Redis; RabbitMQ delivers
+from both as messages come)."""
+DEAD_QUEUE = f"{QUEUE}.dead"
+"""RabbitMQ only: where a message goes after `WICKSON_BROKER_DELIVERY_LIMIT` deliveries."""
 DRAIN_TASK = "wickson_purge.drain"
 WATCHDOG_TASK = "wickson_purge.watchdog"
 SWEEP_TASK = "wickson_purge.run_sweep"
@@ -45,21 +48,13 @@ def send_drains(tickets: Iterable[str]) -> int:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours (one place, so demo and tests share them)."""
-    transport = {
-        "visibility_timeout": settings.visibility_timeout_s,
-        # kombu sweeps for abandoned messages every interval x throttle seconds (10 x 10
-        # by default): one cheap ZRANGEBYSCORE per interval keeps recovery near the
-        # visibility timeout itself.
-        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 6)),
-        "unacked_restore_throttle": 1,
-        # BRPOP the queues in the order given: beat's control tasks before drains.
-        "queue_order_strategy": "priority",
-    }
+    if settings.broker_is_amqp:
+        broker = amqp_config(settings, QUEUES, DEAD_QUEUE)
+    else:
+        broker = redis_config(settings, QUEUES)
     return {
-        "broker_url": settings.redis_url,
-        "broker_transport_options": transport,
+        "broker_url": settings.broker,
         "broker_connection_retry_on_startup": True,
-        "visibility_timeout": settings.visibility_timeout_s,
         # JSON only: a pickle from the broker would be code execution.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -70,17 +65,25 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,  # bounded by the store's crash count (poison)
         "worker_prefetch_multiplier": 1,
         "task_default_queue": QUEUE,
-        # Exchange and routing key named like the queue, as Celery creates them on Redis.
-        "task_queues": [
-            Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
-            for name in QUEUES
-        ],
         "worker_soft_shutdown_timeout": settings.shutdown_grace_s,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
+        **broker,
         # Beat builds its schedule (watchdog, sweeps) when it starts: worker/beat.py.
         "beat_scheduler": "worker.beat:Scheduler",
     }
+
+
+def configure(settings: Settings, **overrides: Any) -> None:
+    """Point the app at `settings`' broker (the demo, the HTTP service and tests choose
+    their settings after import), dropping connections made to another broker."""
+    # The connection pool, queues, routes and producer pool are cached from the previous
+    # configuration (kombu's own pools are keyed by broker URL: left open, never reused).
+    app._pool = None
+    app.__dict__.pop("amqp", None)
+    # These settings replace the environment's: its configuration, if not read yet, never is.
+    app._pending_defaults.clear()
+    app.conf.update(celery_config(settings), **overrides)
 
 
 def _run_by_celery() -> bool:
@@ -140,8 +143,19 @@ _SLOTS = [1]
 def _start_keeper(**_: Any) -> None:
     from worker.runtime import get_runtime, start_keeper
 
+    runtime = get_runtime()
+    if runtime.settings.broker_is_amqp:
+        # Once the consumer is connected (the broker answers): without the queue,
+        # RabbitMQ would drop what it dead-letters.
+        try:
+            with app.connection_for_write() as conn:
+                declare_dead_letter_queue(conn, DEAD_QUEUE)
+        except Exception as exc:
+            structlog.get_logger("wickson_purge.broker").error(
+                "broker.dead_letter_queue_undeclared", queue=DEAD_QUEUE, error=str(exc)
+            )
     # The main process keeps the fleet busy: its prefork children run the drains.
-    start_keeper(get_runtime(), send_drains, slots=_SLOTS[0])
+    start_keeper(runtime, send_drains, slots=_SLOTS[0])
 
 
 @signals.worker_shutting_down.connect
@@ -180,10 +194,12 @@ def _serve_metrics(**_: Any) -> None:
     port = runtime.settings.metrics_port
     if port is None:
         return
-    queues = lambda: list(app.amqp.queues)  # noqa: E731 (read each scrape)
+    settings = runtime.settings
+    queues = [*app.amqp.queues, *([DEAD_QUEUE] if settings.broker_is_amqp else [])]
     log = structlog.get_logger("wickson_purge.metrics")
     try:
-        serve(port, FleetCollector(runtime.store, runtime.limiter, queues))
+        broker = lambda: read_broker(settings, queues)  # noqa: E731 (read each scrape)
+        serve(port, FleetCollector(runtime.store, runtime.limiter, broker))
     except OSError as exc:
         log.error("metrics.not_served", port=port, error=str(exc))
         return

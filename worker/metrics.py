@@ -35,12 +35,14 @@ from typing import NamedTuple
 from wsgiref.simple_server import WSGIServer
 
 import redis
+import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from worker.api import is_not_found
+from worker.broker import BrokerReading
 from worker.errors import (
     ApiUnreachable,
     AuthFailed,
@@ -225,6 +227,9 @@ def record_job_stopped(error: PurgeError) -> None:
     JOBS_STOPPED.labels(code if code in STOP_CODES else "other").inc()
 
 
+log = structlog.get_logger("wickson_purge.metrics")
+
+
 # -- the fleet, read at scrape time ---------------------------------------------------------
 
 
@@ -235,15 +240,15 @@ class FleetCollector(Collector):
         self,
         store: JobStore,
         limiter: Callable[[str], FleetLimiter],
-        queues: Callable[[], Iterable[str]],
+        broker: Callable[[], BrokerReading],
         *,
         recent: int = RECENT_JOBS,
     ) -> None:
         self.store = store
         self.limiter = limiter
         """The limiter of a key alias (the worker's `Runtime.limiter`)."""
-        self.queues = queues
-        """The broker's queue names (read each scrape: routing may add queues)."""
+        self.broker = broker
+        """Reads the broker's queues (worker/broker.py), at each scrape."""
         self.recent = recent
 
     def describe(self) -> Iterator[Metric]:
@@ -273,6 +278,7 @@ class FleetCollector(Collector):
         rate: GaugeMetricFamily,
         paused: GaugeMetricFamily,
         fleet: GaugeMetricFamily,
+        broker_up: GaugeMetricFamily,
     ) -> None:
         for what, n in self.store.fleet_counts().items():
             fleet.add_metric([what], n)
@@ -286,9 +292,17 @@ class FleetCollector(Collector):
                 if status.state not in TERMINAL_STATES:
                     done.add_metric([job_id], status.done)
                     total.add_metric([job_id], status.total)
-        for name, depth in queue_depths(self.store.redis, self.queues()).items():
-            queued.add_metric([name], depth)
-        unacked.add_metric([], self.store.redis.hlen(UNACKED_KEY))
+        try:
+            reading = self.broker()
+        except Exception as exc:  # kombu's and redis-py's errors alike: the scrape goes on
+            log.warning("metrics.broker_unread", error=str(exc))
+            broker_up.add_metric([], 0)
+        else:
+            broker_up.add_metric([], 1)
+            for name, depth in reading.waiting.items():
+                queued.add_metric([name], depth)
+            if reading.unacked is not None:  # Redis only: RabbitMQ does not say over AMQP
+                unacked.add_metric([], reading.unacked)
         for alias in sorted(self.store.known_aliases() or {"default"}):
             limiter = self.limiter(alias)
             paused.add_metric([alias], limiter.paused_for())
@@ -313,7 +327,8 @@ def fleet_families() -> list[GaugeMetricFamily]:
             f"{PREFIX}_queue_messages", "Messages waiting in a broker queue.", labels=["queue"]
         ),
         GaugeMetricFamily(
-            f"{PREFIX}_queue_unacked_messages", "Messages taken by workers, not yet acked."
+            f"{PREFIX}_queue_unacked_messages",
+            "Messages taken by workers, not yet acked (Redis broker only).",
         ),
         GaugeMetricFamily(
             f"{PREFIX}_fleet_rate_per_second",
@@ -331,30 +346,9 @@ def fleet_families() -> list[GaugeMetricFamily]:
             " queued, unfinished jobs.",
             labels=["what"],
         ),
+        GaugeMetricFamily(f"{PREFIX}_broker_up", "1 if the broker answered this scrape, else 0."),
         GaugeMetricFamily(f"{PREFIX}_store_up", "1 if Redis answered this scrape, else 0."),
     ]
-
-
-UNACKED_KEY = "unacked"
-"""kombu's Redis transport: the hash of messages delivered and not yet acked."""
-
-PRIORITY_SEPARATOR = "\x06\x16"
-PRIORITY_STEPS = (3, 6, 9)
-"""kombu's Redis transport keeps a queue as one list per priority step: `name` for the
-default step 0, `name + SEP + step` for the others."""
-
-
-def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
-    """Messages waiting per queue (every priority list of it), in one round trip."""
-    names = sorted(set(queues))
-    with client.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.llen(name)
-            for step in PRIORITY_STEPS:
-                pipe.llen(f"{name}{PRIORITY_SEPARATOR}{step}")
-        lengths = pipe.execute()
-    per = 1 + len(PRIORITY_STEPS)
-    return {name: sum(lengths[i * per : (i + 1) * per]) for i, name in enumerate(names)}
 
 
 PROCESS_METRICS = (IDS, IDS_FAILED, BATCH_RUNS, API_REQUESTS, API_LATENCY, RETRIES, LIMITER_WAIT,

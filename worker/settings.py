@@ -13,7 +13,14 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from worker.errors import ConfigError, describe
@@ -47,7 +54,19 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL", "WICKSON_REDIS_URL"),
         pattern=r"^(redis|rediss|unix)://",
     )
-    """Broker and results store (one Redis: one thing to run, back up and secure)."""
+    """The results store and the limiter (and the broker, unless WICKSON_BROKER_URL)."""
+
+    broker_url: str | None = Field(None, pattern=r"^(redis|rediss|unix|amqp|amqps|pyamqp)://")
+    """The Celery broker; unset: REDIS_URL (one Redis: one thing to run, back up and
+    secure). `amqp://` for RabbitMQ: the broker only wakes workers, the work is in Redis."""
+
+    broker_delivery_limit: int = Field(20, ge=2, le=10_000)
+    """RabbitMQ: deliveries of one message before the broker dead-letters it to
+    `wickson-purge.dead` (a quorum queue's x-delivery-limit; 20 is RabbitMQ 4's default)."""
+
+    broker_consumer_timeout_s: int = Field(1_800, ge=60)
+    """RabbitMQ's consumer_timeout (its default: 30 min): a delivery held unacked longer
+    closes the channel. Set it to the broker's value; a drain holds one far less."""
 
     rate_limit: Annotated[float, Field(gt=0, le=10_000)] | Literal["auto"] = 10.0
     """Fleet-wide API requests per second, shared by every worker and job; 'auto' finds
@@ -136,6 +155,12 @@ class Settings(BaseSettings):
     webhook_backoff_cap_s: float = Field(900.0, gt=0, le=86_400)
     """Longest wait between two attempts (15 min: a receiver back up is told soon)."""
 
+    @field_validator("broker_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker-compose passes `WICKSON_BROKER_URL: ${WICKSON_BROKER_URL:-}` as "".
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _aliases_are_names(self) -> Settings:
         for alias in self.api_keys:
@@ -160,13 +185,30 @@ class Settings(BaseSettings):
                 " lapse, or another run could send the same ids at the same time"
             )
         held = self.slice_s + self.lease_s
-        if held * 2 > self.visibility_timeout_s:
+        if self.broker_is_amqp:
+            if held * 2 > self.broker_consumer_timeout_s:
+                raise ValueError(
+                    f"WICKSON_BROKER_CONSUMER_TIMEOUT_S={self.broker_consumer_timeout_s} must be"
+                    f" at least twice a drain message's longest hold (slice + lease: {held:g} s),"
+                    " or RabbitMQ closes the channel of a drain that still runs"
+                )
+        elif held * 2 > self.visibility_timeout_s:
             raise ValueError(
                 f"WICKSON_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must be at least twice"
                 f" a drain message's longest hold (slice + lease: {held:g} s), or the broker"
                 " redelivers it while it still runs"
             )
         return self
+
+    @property
+    def broker(self) -> str:
+        """The Celery broker's URL: WICKSON_BROKER_URL, else REDIS_URL."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """Whether the broker is RabbitMQ (AMQP 0-9-1), not Redis."""
+        return self.broker.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
 
     def keys_by_alias(self) -> dict[str, SecretStr]:
         """Every configured key by alias ('default': WICKSON_API_KEY or its file)."""

@@ -9,6 +9,9 @@ commits make that harmless.
 
 from __future__ import annotations
 
+import time
+
+import redis
 import structlog
 from celery import Task
 from celery.exceptions import Reject
@@ -20,6 +23,11 @@ from worker.keeper import wake_fleet
 from worker.runtime import get_runtime
 
 log = structlog.get_logger("wickson_purge.tasks")
+
+REQUEUE_AFTER_S = 30.0
+"""A task that found Redis away requeues its message once Redis answers, or after this
+long: RabbitMQ dead-letters a message after its delivery limit, so the deliveries of
+one message must span minutes of outage, not a tight loop of milliseconds."""
 
 
 @app.task(name=DRAIN_TASK, bind=True, ignore_result=True, max_retries=None)
@@ -57,6 +65,23 @@ def run_sweep(self: Task, name: str, tick: str) -> str:
             name, tick, settings=rt.settings, client=rt.redis, owner=self.request.id or ""
         )
     except StoreUnavailable as exc:
+        wait_for_store(rt.redis, REQUEUE_AFTER_S)
         raise Reject(str(exc), requeue=True) from None
     log.info("sweep.ran", sweep=name, tick=tick, outcome=outcome)
     return outcome
+
+
+def wait_for_store(client: redis.Redis, timeout_s: float) -> bool:
+    """Wait (backing off) until Redis answers or `timeout_s` passes; True if it answered."""
+    deadline = time.monotonic() + timeout_s
+    nap = 0.25
+    while True:
+        try:
+            client.ping()
+            return True
+        except redis.RedisError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(nap, left))
+            nap = min(nap * 2, 5.0)

@@ -32,7 +32,7 @@ import yaml
 from ops.fake_api.__main__ import parse_argv
 from producers.cli import _parser as cli_parser
 from service.settings import ServiceSettings
-from worker.settings import REAL_API_URL
+from worker.settings import REAL_API_URL, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -257,7 +257,39 @@ def test_optional_services_sit_behind_profiles(services: dict[str, Any]) -> None
     """flower and prometheus start only with their profiles; the core stack with none."""
     assert services["flower"]["profiles"] == ["flower"]
     assert services["prometheus"]["profiles"] == ["monitoring"]
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
     assert {n for n, s in services.items() if not s.get("profiles")} == DEFAULT_SERVICES
+
+
+def test_rabbitmq_keeps_its_queues_and_the_fleet_waits_for_it(
+    services: dict[str, Any], compose: dict[str, Any]
+) -> None:
+    """The rabbitmq profile: a pinned image, a volume for its quorum queues, a health
+    check; whatever publishes or consumes waits for it when the profile is on, and only then."""
+    rabbit = services["rabbitmq"]
+    assert any(v.endswith(":/var/lib/rabbitmq") for v in rabbit["volumes"])
+    assert rabbit["volumes"][0].split(":")[0] in compose["volumes"]
+    assert "rabbitmq-diagnostics" in rabbit["healthcheck"]["test"]
+    assert rabbit["hostname"] == "rabbitmq"  # its data directory is named after the node
+    for name in ("worker", "beat", "service"):
+        dep = services[name]["depends_on"]["rabbitmq"]
+        assert dep == {"condition": "service_healthy", "required": False}, name
+
+
+def test_env_example_broker_url_is_rabbitmq_of_the_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commented WICKSON_BROKER_URL of env.example names the profile's RabbitMQ with
+    its default user, and loads as a RabbitMQ broker; unset, the broker is REDIS_URL."""
+    line = next(
+        x for x in ENV_EXAMPLE.read_text().splitlines() if x.startswith("# WICKSON_BROKER_URL=")
+    )
+    url = line.split("=", 1)[1]
+    env = COMPOSE.read_text()
+    assert "RABBITMQ_DEFAULT_USER: ${RABBITMQ_DEFAULT_USER:-wickson}" in env
+    assert url.startswith("amqp://wickson:wickson@rabbitmq:5672/")
+    for name in setting_env_names():
+        monkeypatch.delenv(name, raising=False)
+    assert load_settings(broker_url=url).broker_is_amqp
+    assert load_settings(redis_url="redis://redis:6379/0").broker == "redis://redis:6379/0"
 
 
 def test_flower_and_prometheus_are_wired(services: dict[str, Any]) -> None:

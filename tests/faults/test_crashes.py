@@ -11,18 +11,14 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
-from pydantic import SecretStr
 
 from ops.fake_api import RunningFakeApi
 from producers.submit import Job, submit
 from tests.helpers import wait_until
 from tests.integration.test_pipeline import assert_exact
-from tests.services import API_KEY, PrivateRedis, WorkerProcess
-from worker.celery import DRAIN_TASK, QUEUE
-from worker.keeper import wake_fleet
-from worker.settings import load_settings
-from worker.store import JobStatus, JobStore
+from tests.services import PrivateRedis, RunningBroker, WorkerProcess, producer_settings
+from worker.celery import configure
+from worker.store import JobStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,21 +33,12 @@ def owned(n: int, first: int = 0) -> list[str]:
     return [f"vec-{i:07d}" for i in range(first, first + n)]
 
 
-def submit_to(url: str, ids: list[str], **kw: Any) -> Job:
-    """Submit through the producer to the Redis at `url`, waking the fleet there."""
-    settings = load_settings(redis_url=url, api_key=SecretStr(API_KEY), **kw)
-    broker = Celery(broker=url)
-
-    def wake(store: JobStore) -> None:
-        def publish(tickets: Any) -> None:
-            for ticket in tickets:
-                broker.send_task(DRAIN_TASK, args=[ticket], queue=QUEUE)
-
-        wake_fleet(store, publish)
-
-    return submit(
-        ids, reason="fault test", settings=settings, client=redis.Redis.from_url(url), start=wake
-    )
+def submit_to(url: str, ids: list[str], broker: RunningBroker | None = None, **kw: Any) -> Job:
+    """Submit through the producer to the store at `url`, waking the fleet through
+    `broker` (default: that same Redis)."""
+    settings = producer_settings(url, broker or RunningBroker("redis", url), **kw)
+    configure(settings)
+    return submit(ids, reason="fault test", settings=settings, client=redis.Redis.from_url(url))
 
 
 def ended_within(job: Job, since: float, *, bound: float = RECOVERY_BOUND_S) -> JobStatus:
@@ -65,6 +52,7 @@ def ended_within(job: Job, since: float, *, bound: float = RECOVERY_BOUND_S) -> 
     return final
 
 
+@pytest.mark.both_brokers
 @pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_a_worker_sigkilled_mid_job_is_made_up_for_within_a_minute(
     fake_api: Callable[..., RunningFakeApi],
@@ -89,6 +77,7 @@ def test_a_worker_sigkilled_mid_job_is_made_up_for_within_a_minute(
     assert final.deleted + final.not_found == 30_000
 
 
+@pytest.mark.both_brokers
 def test_a_crash_after_the_api_deleted_but_before_the_commit_counts_not_found(
     fake_api: Callable[..., RunningFakeApi],
     workers: Callable[..., WorkerProcess],
@@ -131,10 +120,12 @@ def test_warm_shutdown_finishes_the_batch_in_flight(
     assert_exact(job, fake)
 
 
+@pytest.mark.both_brokers
 def test_a_redis_sigkilled_for_three_seconds_with_aof_everysec_loses_no_outcome(
     fake_api: Callable[..., RunningFakeApi],
     workers: Callable[..., WorkerProcess],
     private_redis: Callable[..., PrivateRedis],
+    broker: RunningBroker,
 ) -> None:
     """Redis (appendonly yes, appendfsync everysec) SIGKILLed mid-job, down 3 s, restarted
     from its AOF (its last second lost): the job ends within a minute of Redis' return;
@@ -142,9 +133,9 @@ def test_a_redis_sigkilled_for_three_seconds_with_aof_everysec_loses_no_outcome(
     did not delete (issue 12, case 2)."""
     server = private_redis(*AOF_EVERYSEC)
     fake = fake_api(items=30_000, rate=50, latency_ms=20)
-    workers(fake.url, rate_limit=50, concurrency=4, broker=server.url)
-    workers(fake.url, rate_limit=50, concurrency=4, broker=server.url)
-    job = submit_to(server.url, owned(30_000))
+    workers(fake.url, rate_limit=50, concurrency=4, store=server.url)
+    workers(fake.url, rate_limit=50, concurrency=4, store=server.url)
+    job = submit_to(server.url, owned(30_000), broker)
     wait_until(lambda: job.status().deleted >= 10_000, timeout=30, what="the job under way")
     server.kill()
     time.sleep(3)  # the outage itself: Redis is down for three seconds
@@ -155,17 +146,19 @@ def test_a_redis_sigkilled_for_three_seconds_with_aof_everysec_loses_no_outcome(
     assert_exact(job, fake)
 
 
+@pytest.mark.both_brokers
 def test_redis_down_at_commit_time_loses_nothing_and_counts_nothing_twice(
     fake_api: Callable[..., RunningFakeApi],
     workers: Callable[..., WorkerProcess],
     private_redis: Callable[..., PrivateRedis],
+    broker: RunningBroker,
 ) -> None:
     """The API answers while Redis is down: the commits fail, the runs wait for Redis;
     the batches are taken over once their leases lapse and counted exactly once."""
     server = private_redis(*AOF_EVERYSEC)
     fake = fake_api(items=3_000, latency_ms=1_000)
-    worker = workers(fake.url, rate_limit=50, concurrency=4, broker=server.url)
-    job = submit_to(server.url, owned(3_000))
+    worker = workers(fake.url, rate_limit=50, concurrency=4, store=server.url)
+    job = submit_to(server.url, owned(3_000), broker)
     wait_until(lambda: fake.api.ledger().deleted >= 300, timeout=30, what="deletes in flight")
     server.kill()
     wait_until(
@@ -186,7 +179,7 @@ def test_a_worker_refuses_to_start_on_an_evicting_redis(
     """maxmemory-policy allkeys-lru could evict queues and jobs: the worker exits, saying so."""
     server = private_redis("--maxmemory-policy", "allkeys-lru")
     fake = fake_api(items=10)
-    worker = workers(fake.url, broker=server.url, wait=False)
+    worker = workers(fake.url, store=server.url, wait=False)
     assert worker.proc.wait(30) != 0
     assert "noeviction" in worker.output()
 
@@ -200,6 +193,6 @@ def test_a_worker_on_a_redis_that_keeps_nothing_on_disk_warns_loudly(
     would lose every job."""
     server = private_redis("--appendonly", "no")
     fake = fake_api(items=10)
-    worker = workers(fake.url, broker=server.url)
+    worker = workers(fake.url, store=server.url)
     assert "WARNING: Redis keeps nothing on disk" in worker.output()
     assert "redis_not_persistent" in worker.output()

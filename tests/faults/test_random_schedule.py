@@ -56,7 +56,7 @@ def test_a_random_fault_schedule_keeps_every_count_exact(
     )  # fmt: skip
 
     def start_worker() -> WorkerProcess:
-        return workers(fake.url, concurrency=6, broker=server.url, rate_limit=200)
+        return workers(fake.url, concurrency=6, store=server.url, rate_limit=200)
 
     fleet = [start_worker() for _ in range(3)]
     job = submit_to(server.url, job_ids(rng))

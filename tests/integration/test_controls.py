@@ -5,15 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-import redis
 
 from ops.fake_api import RunningFakeApi
 from producers import control
 from producers.submit import Job
 from tests.helpers import wait_until
 from tests.integration.test_pipeline import assert_exact
-from tests.services import WorkerProcess
-from worker.celery import QUEUE
+from tests.services import RunningBroker, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +91,7 @@ def test_a_job_whose_every_message_was_lost_completes_without_any_command(
     fake_api: Callable[..., RunningFakeApi],
     workers: Callable[..., WorkerProcess],
     submit_job: Callable[..., Job],
-    rclient: redis.Redis,
+    broker: RunningBroker,
 ) -> None:
     """Every drain message deleted from the broker, and the tickets with them: the
     workers' keepers publish new ones within seconds; the job ends exact."""
@@ -101,7 +99,7 @@ def test_a_job_whose_every_message_was_lost_completes_without_any_command(
     workers(fake.url, rate_limit=100, concurrency=4)
     job = submit_job(owned(3_000))
     wait_until(lambda: job.status().deleted >= 300, timeout=30, what="progress")
-    rclient.delete(QUEUE, "unacked", "unacked_index")  # the broker loses every message
-    rclient.delete(job.store.keys.drains)
+    broker.lose_waiting_messages()
+    job.store.redis.delete(job.store.keys.drains)
     job.wait(timeout=60, poll_s=0.1)
     assert_exact(job, fake)

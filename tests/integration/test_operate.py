@@ -56,7 +56,6 @@ def test_a_sweep_sent_by_two_beats_runs_once_as_an_ordinary_job(
         'file = "ids.txt"\nmax_ids = 1000\n'
     )
     worker = workers(fake.url, rate_limit=200, concurrency=4, sweeps_file=str(sweeps_file))
-    app.conf.broker_url = redis_url
     tick = "20261128T0330Z"
     for _ in range(2):  # what two beat processes send for the same scheduled minute
         app.send_task(SWEEP_TASK, args=["nightly", tick], queue=CONTROL_QUEUE)

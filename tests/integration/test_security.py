@@ -12,7 +12,7 @@ from ops.fake_api import RunningFakeApi
 from producers.submit import Job
 from tests.helpers import wait_until
 from tests.integration.test_pipeline import assert_exact
-from tests.services import WorkerProcess
+from tests.services import RunningBroker, WorkerProcess
 from worker.celery import DRAIN_TASK, QUEUE
 from worker.errors import InputError
 
@@ -72,12 +72,11 @@ def test_a_pickled_message_is_refused_without_a_redelivery_loop(
     fake_api: Callable[..., RunningFakeApi],
     workers: Callable[..., WorkerProcess],
     submit_job: Callable[..., Job],
-    rclient: redis.Redis,
-    redis_url: str,
+    broker: RunningBroker,
 ) -> None:
     """A pickle on the queue is dropped (never run); the next real job still completes."""
     fake = fake_api(items=1_000)
-    with Connection(redis_url) as conn:
+    with Connection(broker.url) as conn:
         Producer(conn).publish(
             {"args": ["x", 0]},
             exchange="",  # the default exchange routes straight to the queue of that name
@@ -86,16 +85,16 @@ def test_a_pickled_message_is_refused_without_a_redelivery_loop(
             headers={"task": DRAIN_TASK, "id": "evil-1"},
             declare=[],
         )
-    assert rclient.llen(QUEUE) == 1
+    assert broker.depth(QUEUE) == 1
     worker = workers(fake.url, rate_limit=200)
     job = submit_job([f"vec-{i:07d}" for i in range(1_000)])
     job.wait(timeout=30, poll_s=0.1)
     assert_exact(job, fake)
     wait_until(lambda: "ContentDisallowed" in worker.output() or "refused" in worker.output(),
                timeout=10, what="the worker to report the refused message")  # fmt: skip
-    assert rclient.llen(QUEUE) == 0
+    assert broker.depth(QUEUE) == 0
     # The drains end within a second of the job (no runnable job left) and are acked.
-    wait_until(lambda: not rclient.hlen("unacked"), timeout=15, what="every message acked")
+    wait_until(lambda: not broker.unacked(), timeout=15, what="every message acked")
     assert worker.output().count("evil-1") <= 2  # refused once, not looping
 
 

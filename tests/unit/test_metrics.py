@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.unit.conftest import commit_next
 from worker import metrics
+from worker.broker import BrokerReading, read_redis_broker
 from worker.keys import Keys
 from worker.metrics import FleetCollector, committed, reason_class
 from worker.ratelimit import FleetLimiter
@@ -200,7 +201,8 @@ def collector(store: JobStore, fake_redis) -> FleetCollector:
             alias, FleetLimiter(fake_redis, Keys().limiter(alias), rate=25.0)
         )
 
-    return FleetCollector(store, limiter, lambda: ["wickson-purge", "other"])
+    queues = ["wickson-purge", "other"]
+    return FleetCollector(store, limiter, lambda: read_redis_broker(fake_redis, queues))
 
 
 def test_the_collector_reports_jobs_by_state_and_running_progress(
@@ -252,7 +254,7 @@ def test_the_collector_says_store_down_instead_of_failing_the_scrape() -> None:
     server = fakeredis.FakeServer()
     server.connected = False
     down = JobStore(fakeredis.FakeRedis(server=server))
-    collector = FleetCollector(down, lambda alias: None, lambda: ["q"])  # type: ignore[arg-type,return-value]
+    collector = FleetCollector(down, lambda alias: None, lambda: BrokerReading({"q": 0}, 0))  # type: ignore[arg-type,return-value]
     found = exposition(collector)
     assert found == {"wickson_purge_store_up": {(): 0}}
 

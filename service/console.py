@@ -340,14 +340,19 @@ async def new_dry_run(
 
 def _dry_run(ctx: ServiceContext, path: Path, meta: dict[str, Any]) -> Any:
     with open(path, "rb") as source:
-        return dry_run(
-            source,
-            reason=meta["reason"] or None,
-            settings=ctx.settings,
-            client=ctx.store.redis,
-            key_alias=meta["key_alias"],
-            priority=meta["priority"],
-        )
+        return dry_run(source, **_job_options(ctx, meta))
+
+
+def _job_options(ctx: ServiceContext, meta: dict[str, Any]) -> dict[str, Any]:
+    """What the dry run and the submit of an upload are both given: its reason, key alias
+    and priority, and the service's settings and Redis."""
+    return {
+        "reason": meta["reason"] or None,
+        "settings": ctx.settings,
+        "client": ctx.store.redis,
+        "key_alias": meta["key_alias"],
+        "priority": meta["priority"],
+    }
 
 
 @router.post("/new/confirm")
@@ -375,12 +380,4 @@ async def new_confirm(request: Request, session: sessions.Session = Depends(sign
 
 def _submit(ctx: ServiceContext, path: Path, meta: dict[str, Any]) -> str:
     with open(path, "rb") as source:
-        job = submit(
-            source,
-            reason=meta["reason"] or None,
-            settings=ctx.settings,
-            client=ctx.store.redis,
-            key_alias=meta["key_alias"],
-            priority=meta["priority"],
-        )
-    return job.id
+        return submit(source, **_job_options(ctx, meta)).id

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from ops.fake_api import FakeApiConfig, run_in_thread
 from producers.progress import ProgressPrinter, fleet_pause, summary
 from producers.submit import submit
-from worker.celery import app, celery_config, send_drains
+from worker.celery import app, configure, send_drains
 from worker.logs import configure_logging
 from worker.runtime import build_runtime, set_runtime, start_keeper, stop_keeper
 from worker.settings import load_settings
@@ -78,10 +78,15 @@ def run_demo(*, ids: int, rate: float, workers: int, redis_url: str | None) -> i
             backoff_cap_s=1.0,
         )
         client = redis.Redis.from_url(redis_url) if redis_url else fakeredis.FakeRedis()
-        app.conf.update(celery_config(settings), broker_url=redis_url or "memory://")
-        if not redis_url:
+        if redis_url:
+            configure(settings)
+        else:
             # kombu's memory transport polls; its default second would dominate the demo.
-            app.conf.broker_transport_options = {"polling_interval": 0.01}
+            configure(
+                settings,
+                broker_url="memory://",
+                broker_transport_options={"polling_interval": 0.01},
+            )
         runtime = build_runtime(settings, client)
         set_runtime(runtime)
         print(

@@ -39,11 +39,11 @@ def create_app(
     settings: ServiceSettings | None = None, redis_client: redis.Redis | None = None
 ) -> FastAPI:
     """The service's app for `settings` (default: from the environment). Start tasks are
-    published to the settings' Redis by this process's Celery producer."""
+    published to the settings' broker by this process's Celery producer."""
     settings = settings or load_service_settings()
-    from worker.celery import app as celery_app
+    from worker.celery import configure
 
-    celery_app.conf.broker_url = settings.redis_url
+    configure(settings)
     app = FastAPI(title="wickson-purge", version="1", description=DESCRIPTION, lifespan=_lifespan)
     app.state.ctx = ServiceContext(
         settings=settings,

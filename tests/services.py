@@ -8,6 +8,7 @@ flushed before each test). Without it the tier is skipped on a laptop and fails 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ from pydantic import SecretStr
 from ops.fake_api import FakeApiConfig, RunningFakeApi, run_in_thread
 from producers.submit import Job, submit
 from tests.helpers import wait_until
+from tests.rabbit import PrivateRabbit, private_rabbit  # noqa: F401 (fixtures for conftests)
 from worker.broker import (
     UNACKED_KEY,
     amqp_queue_depths,
@@ -107,16 +109,21 @@ def worker_env(
     return env
 
 
+_NODES = itertools.count(1)
+"""Worker node names: unique on a host, as RabbitMQ's remote-control queues need."""
+
+
 class WorkerProcess:
     """A `celery -A worker worker` subprocess, its output kept in a file."""
 
     def __init__(self, env: dict[str, str], *, concurrency: int, pool: str) -> None:
+        self.node = f"wp{next(_NODES)}-{os.getpid()}@%h"
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (lives as long as the worker)
             prefix="wickson-worker-", suffix=".log", delete=False
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO",
-             f"--pool={pool}", f"--concurrency={concurrency}", "--without-gossip",
+             f"--pool={pool}", f"--concurrency={concurrency}", "-n", self.node, "--without-gossip",
              "--without-mingle", "--without-heartbeat"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -148,15 +155,20 @@ class WorkerProcess:
     def cleanup(self) -> None:
         self.stop()
         self.log.close()
+        if os.environ.get("TEST_KEEP_WORKER_LOGS"):  # to read a failed run's workers
+            print(f"worker log kept: {self.log.name}")
+            return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.log.name)
 
 
 class RunningBroker:
-    """The broker of a test: the store's own Redis, or RabbitMQ."""
+    """The broker of a test: the store's own Redis, RabbitMQ, or a Redis of its own."""
 
-    def __init__(self, kind: str, url: str) -> None:
+    def __init__(self, kind: str, url: str, *, is_store: bool = False) -> None:
         self.kind, self.url = kind, url
+        self.is_store = is_store
+        """The store's own Redis (workers get no WICKSON_BROKER_URL: whatever their store)."""
 
     @property
     def amqp(self) -> bool:
@@ -164,7 +176,7 @@ class RunningBroker:
 
     def worker_url(self, store_url: str) -> str | None:
         """WICKSON_BROKER_URL of a worker whose store is `store_url` (None: the store)."""
-        return self.url if self.amqp else None
+        return None if self.is_store else self.url
 
     def depth(self, queue: str) -> int:
         """Messages waiting in `queue`."""
@@ -239,12 +251,12 @@ def broker(broker_kind: str, redis_url: str) -> Iterator[RunningBroker]:
             pytest.skip(f"no RabbitMQ at {AMQP_URL}")
         test_broker = RunningBroker("amqp", AMQP_URL)
     else:
-        test_broker = RunningBroker("redis", redis_url)
+        test_broker = RunningBroker("redis", redis_url, is_store=True)
     configure(producer_settings(redis_url, test_broker))
     if test_broker.amqp:
         test_broker.purge()
     yield test_broker
-    configure(producer_settings(redis_url, RunningBroker("redis", redis_url)))
+    configure(producer_settings(redis_url, RunningBroker("redis", redis_url, is_store=True)))
 
 
 def producer_settings(store_url: str, broker: RunningBroker, **overrides: Any) -> Settings:
@@ -259,8 +271,8 @@ def producer_settings(store_url: str, broker: RunningBroker, **overrides: Any) -
 
 @pytest.fixture
 def workers(redis_url: str, broker: RunningBroker) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start worker processes against the test Redis (or `store`), the test's broker and a
-    stand-in URL; stops them all."""
+    """Start worker processes against the test Redis (or `store`), the test's broker (or
+    `via`) and a stand-in URL; stops them all."""
     started: list[WorkerProcess] = []
 
     def start(
@@ -270,11 +282,13 @@ def workers(redis_url: str, broker: RunningBroker) -> Iterator[Callable[..., Wor
         pool: str = "threads",
         wait: bool = True,
         store: str | None = None,
+        via: RunningBroker | None = None,
         **settings: Any,
     ) -> WorkerProcess:
         store_url = store or redis_url
+        broker_url = (via or broker).worker_url(store_url)
         proc = WorkerProcess(
-            worker_env(store_url, api_url, broker_url=broker.worker_url(store_url), **settings),
+            worker_env(store_url, api_url, broker_url=broker_url, **settings),
             concurrency=concurrency,
             pool=pool,
         )

@@ -9,8 +9,9 @@ broker must still get right, and how each one does it:
   disk), publisher confirms, and the delivery returns to the queue when a consumer's
   connection dies.
 - **Poison.** A message redelivered again and again (its worker killed each time):
-  RabbitMQ dead-letters it to `DEAD_QUEUE` after ``WICKSON_BROKER_DELIVERY_LIMIT``
-  deliveries; on Redis the store's crash count ends the batch (both brokers).
+  RabbitMQ dead-letters it to `DEAD_QUEUE` once it came back unacked more than
+  ``WICKSON_BROKER_DELIVERY_LIMIT`` times; the store's crash count ends the batch itself
+  (both brokers).
 - **Gauges.** Messages waiting per queue, from the broker in use; messages delivered
   and not yet acked only where the broker can tell (Redis: kombu's hash; RabbitMQ
   shows it only through its management API, which we do not require).
@@ -60,8 +61,9 @@ def redis_config(settings: Settings, queues: Iterable[str]) -> dict[str, Any]:
 
 def amqp_config(settings: Settings, queues: Iterable[str], dead_queue: str) -> dict[str, Any]:
     """Celery settings of a RabbitMQ broker: quorum queues that dead-letter to `dead_queue`."""
-    # A message delivered `broker_delivery_limit` times (a worker killed again and again
-    # while holding it) goes to `dead_queue` through the default exchange, not to nowhere.
+    # A message given back more than `broker_delivery_limit` times (a worker killed again
+    # and again while holding it) goes to `dead_queue` through the default exchange, not
+    # to nowhere (RabbitMQ 3.x has no limit by default; 4.x drops at 20 without a DLX).
     arguments = {
         "x-queue-type": "quorum",
         "x-delivery-limit": settings.broker_delivery_limit,

@@ -18,10 +18,11 @@ from typing import Any
 
 import structlog
 from celery import Celery, signals
+from kombu.exceptions import KombuError
 
 from worker.broker import amqp_config, declare_dead_letter_queue, read_broker, redis_config
-from worker.errors import ConfigError
-from worker.settings import Settings, get_settings
+from worker.errors import BrokerUnavailable, ConfigError
+from worker.settings import Settings, get_settings, redact
 
 QUEUE = "wickson-purge"
 CONTROL_QUEUE = f"{QUEUE}.control"
@@ -29,7 +30,7 @@ QUEUES = (CONTROL_QUEUE, QUEUE)
 """The broker queues, in the order workers consume them (on Redis; RabbitMQ delivers
 from both as messages come)."""
 DEAD_QUEUE = f"{QUEUE}.dead"
-"""RabbitMQ only: where a message goes after `WICKSON_BROKER_DELIVERY_LIMIT` deliveries."""
+"""RabbitMQ only: where a message goes after `WICKSON_BROKER_DELIVERY_LIMIT` returns unacked."""
 DRAIN_TASK = "wickson_purge.drain"
 WATCHDOG_TASK = "wickson_purge.watchdog"
 SWEEP_TASK = "wickson_purge.run_sweep"
@@ -38,11 +39,15 @@ SWEEP_EXPIRES_S = 3_600
 
 
 def send_drains(tickets: Iterable[str]) -> int:
-    """Publish one drain message per ticket (the one way work is published)."""
+    """Publish one drain message per ticket (the one way work is published); raises
+    BrokerUnavailable when the broker does not take them."""
     n = 0
-    for ticket in tickets:
-        app.send_task(DRAIN_TASK, args=[ticket], queue=QUEUE)
-        n += 1
+    try:
+        for ticket in tickets:
+            app.send_task(DRAIN_TASK, args=[ticket], queue=QUEUE)
+            n += 1
+    except (KombuError, OSError) as exc:
+        raise BrokerUnavailable(f"the broker did not take a wake-up: {redact(str(exc))}") from None
     return n
 
 

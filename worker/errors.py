@@ -6,6 +6,7 @@
     │   └── EmptyInput        the input holds no id at all (a sweep: nothing to do)
     ├── ConfigError           fix the configuration: the worker refuses to start
     ├── StoreUnavailable      retry: Redis did not answer (nothing was committed)
+    ├── BrokerUnavailable     retry: the broker took no message (the work waits in Redis)
     ├── Deferred              retry later: the wait is long, free the worker slot
     └── ApiError              an answer (or non-answer) of the Wickson API
         ├── Retryable         retry the same ids after a wait
@@ -60,6 +61,11 @@ class ConfigError(PurgeError):
 
 class StoreUnavailable(PurgeError):
     """Redis did not answer; nothing was committed and the operation can be retried."""
+
+
+class BrokerUnavailable(PurgeError):
+    """The broker did not take a wake-up; the work is in the store, and a keeper
+    publishes the wake-ups the fleet misses once the broker answers."""
 
 
 class Deferred(PurgeError):

@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import redis
+import structlog
 
 from worker import webhooks
 from worker.celery import send_drains
-from worker.errors import EmptyInput, InputError, StoreUnavailable
+from worker.errors import BrokerUnavailable, EmptyInput, InputError, StoreUnavailable
 from worker.ingest import (
     INVALID_REASON,
     Deduplicator,
@@ -40,6 +41,8 @@ from worker.keeper import wake_fleet
 from worker.ratelimit import limiter_for
 from worker.settings import DEFAULT_ALIAS, Settings, get_settings
 from worker.store import BATCH_SIZE, PRIORITIES, JobStatus, JobStore, Priority, store_for
+
+log = structlog.get_logger("wickson_purge.jobs")
 
 MAX_REASON_LENGTH = 1_000
 BATCHES_PER_ROUND_TRIP = 100
@@ -216,8 +219,14 @@ def check_same_input(store: JobStore, idempotency_key: str, job_id: str, digest:
 
 
 def wake(store: JobStore) -> int:
-    """Publish the drain runs the fleet misses while a job is runnable; returns how many."""
-    return wake_fleet(store, send_drains)
+    """Publish the drain runs the fleet misses while a job is runnable; returns how many.
+    A broker that does not answer is no error: the job waits in the store, and the
+    workers' keepers wake it once the broker is back."""
+    try:
+        return wake_fleet(store, send_drains)
+    except BrokerUnavailable as exc:
+        log.warning("wake.broker_unavailable", error=str(exc), hint="keepers will wake the job")
+        return 0
 
 
 def submit(

@@ -40,7 +40,14 @@ def wake_fleet(
         worker=worker, slots=slots, ticket_ttl_s=TICKET_TTL_S, heartbeat_s=heartbeat_s
     )
     if tickets:
-        publish(tickets)
+        try:
+            publish(tickets)
+        except BaseException:
+            # The broker is away: give the tickets back, so that the next tick (the first
+            # after the broker returns) publishes them instead of waiting for them to lapse.
+            for ticket in tickets:
+                store.end_drain(ticket)
+            raise
     return len(tickets)
 
 

@@ -61,8 +61,9 @@ class Settings(BaseSettings):
     secure). `amqp://` for RabbitMQ: the broker only wakes workers, the work is in Redis."""
 
     broker_delivery_limit: int = Field(20, ge=2, le=10_000)
-    """RabbitMQ: deliveries of one message before the broker dead-letters it to
-    `wickson-purge.dead` (a quorum queue's x-delivery-limit; 20 is RabbitMQ 4's default)."""
+    """RabbitMQ: times one message may come back unacked (a worker killed while holding
+    it) before the broker dead-letters it to `wickson-purge.dead` instead of delivering it
+    again (a quorum queue's x-delivery-limit; 20 is RabbitMQ 4's default, 3.x has none)."""
 
     broker_consumer_timeout_s: int = Field(1_800, ge=60)
     """RabbitMQ's consumer_timeout (its default: 30 min): a delivery held unacked longer

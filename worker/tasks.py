@@ -9,6 +9,7 @@ commits make that harmless.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import redis
@@ -18,7 +19,7 @@ from celery.exceptions import Reject
 
 from worker.celery import DRAIN_TASK, SWEEP_TASK, WATCHDOG_TASK, app, send_drains
 from worker.drain import drain
-from worker.errors import StoreUnavailable
+from worker.errors import BrokerUnavailable, StoreUnavailable
 from worker.keeper import wake_fleet
 from worker.runtime import get_runtime
 
@@ -38,9 +39,12 @@ def drain_task(self: Task, ticket: str) -> str:
     if result.more:
         try:
             send_drains([ticket])
-        except Exception as exc:
-            # The ticket lapses and a keeper publishes a new drain: nothing is lost.
+        except BrokerUnavailable as exc:
+            # The broker is away. The ticket goes, so that a keeper publishes a new drain
+            # on its first tick after the broker returns (not once the ticket lapses).
             log.warning("drain.successor_unpublished", error=str(exc))
+            with contextlib.suppress(StoreUnavailable):
+                rt.store.end_drain(ticket)
     return ",".join(f"{k}={v}" for k, v in sorted(result.verdicts.items())) or "idle"
 
 

@@ -224,7 +224,7 @@ def start_workers(
     def consuming() -> bool:
         for proc in procs:
             proc.check_alive()
-        return consumers(client) >= count
+        return consumers(client, env) >= count
 
     try:
         wait_for(consuming, timeout_s=90, what=f"{count} workers to consume", every_s=0.25)
@@ -236,8 +236,13 @@ def start_workers(
     return procs
 
 
-def consumers(client: redis.Redis) -> int:
-    """Connections blocked in BRPOP: one per worker that is consuming from the broker."""
+def consumers(client: redis.Redis, env: dict[str, str]) -> int:
+    """Workers consuming: connections blocked in BRPOP on a Redis broker; on RabbitMQ
+    (ours only), workers whose keeper has announced itself in the store."""
+    if env.get("WICKSON_BROKER_URL", "").startswith("amqp"):
+        from worker.store import JobStore
+
+        return JobStore(client).fleet_counts()["workers"]
     return sum(1 for c in client.client_list() if c.get("cmd") == "brpop")
 
 

@@ -201,7 +201,40 @@ class Baseline:
         return [run_dir / "timings.jsonl"]
 
 
-SYSTEMS: dict[str, System] = {"ours": Ours(), "baseline": Baseline()}
+class OursOnRabbitMQ(Ours):
+    """The same fleet with RabbitMQ as its broker (BENCH_AMQP_URL; the store stays the
+    run's own Redis). Its queues are emptied before each run."""
+
+    name = "ours-amqp"
+
+    def env(self, sc: Scenario, api_url: str, run_dir: Path) -> dict[str, str]:
+        url = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+        _purge_amqp(url)
+        return {**super().env(sc, api_url, run_dir), "WICKSON_BROKER_URL": url}
+
+
+def _purge_amqp(url: str) -> None:
+    """Empty our queues on RabbitMQ: a previous run's wake-ups would only be noise."""
+    from kombu.connection import Connection
+
+    from worker.celery import QUEUES
+
+    with Connection(url, connect_timeout=5) as conn:
+        for name in QUEUES:
+            channel = conn.channel()  # an error (no such queue yet) closes its channel
+            try:
+                channel.queue_purge(name)
+            except conn.channel_errors:
+                pass
+            finally:
+                channel.close()
+
+
+SYSTEMS: dict[str, System] = {
+    "ours": Ours(),
+    "ours-amqp": OursOnRabbitMQ(),
+    "baseline": Baseline(),
+}
 
 
 def write_ids(path: Path, count: int, first: int = 0) -> Path:
@@ -266,7 +299,7 @@ def _run(
     client.config_resetstat()
     cpu_before = _cpu(workers, api_proc, redis_proc)
     started = time.monotonic()
-    produced = produce(system.name, ids_file, env)
+    produced = produce("baseline" if system.name == "baseline" else "ours", ids_file, env)
     result.producer_s = produced["seconds"]
     result.producer_rss_mb = produced["maxrss_kb"] / 1024
     result.enqueue_ids_per_s = sc.ids / max(produced["seconds"], 1e-9)

@@ -36,7 +36,7 @@ def owned(n: int, first: int = 0) -> list[str]:
 def submit_to(url: str, ids: list[str], broker: RunningBroker | None = None, **kw: Any) -> Job:
     """Submit through the producer to the store at `url`, waking the fleet through
     `broker` (default: that same Redis)."""
-    settings = producer_settings(url, broker or RunningBroker("redis", url), **kw)
+    settings = producer_settings(url, broker or RunningBroker("redis", url, is_store=True), **kw)
     configure(settings)
     return submit(ids, reason="fault test", settings=settings, client=redis.Redis.from_url(url))
 

@@ -107,10 +107,13 @@ def test_a_429_with_retry_after_pauses_every_worker(
     limited = [e for e in timeline if e.status == 429]
     assert len(limited) == 1
     after = [round(e.t_s - limited[0].t_s, 3) for e in timeline if e.t_s > limited[0].t_s]
-    # Requests sent before the 429 reached its worker were already on the wire (<= 50 ms);
-    # after that, nothing until Retry-After has passed.
+    # Only requests already under way when the 429 came back may arrive inside the
+    # pause: at most one per slot (8), within moments (a loaded CI machine delays their
+    # send by tens of ms). Without the pause, ~100 would arrive in that second.
     assert after, "the job went on after the 429"
-    assert not [t for t in after if 0.05 < t < 1.0], after[:5]
+    inside = [t for t in after if t < 1.0]
+    assert len(inside) <= 8, after[:10]
+    assert all(t < 0.25 for t in inside), after[:10]
     assert job.status().rate_limited == 1
 
 

@@ -173,6 +173,52 @@ def test_the_keeper_publishes_drains_for_its_slots(make_job, store: JobStore, id
     assert store.redis.hget(store.keys.workers + ":slots", "w1") is None
 
 
+def test_a_keeper_that_cannot_publish_gives_its_tickets_back(
+    make_job, store: JobStore, ids
+) -> None:
+    """The broker is away: the tickets of the drains the keeper could not publish go at
+    once, so its first tick after the broker's return publishes them (without this they
+    would block new drains until they lapse)."""
+    from worker.errors import BrokerUnavailable
+    from worker.keeper import Keeper
+
+    broker_up = False
+    published: list[list[str]] = []
+
+    def publish(tickets: object) -> None:
+        if not broker_up:
+            raise BrokerUnavailable("the broker did not take a wake-up: refused")
+        published.append(list(tickets))  # type: ignore[call-overload]
+
+    keeper = Keeper(store, publish, worker="w1", slots=4, interval_s=2.0, lost_writes_margin=10)
+    make_job(ids(10))
+    with pytest.raises(BrokerUnavailable):
+        keeper.tick()
+    assert store.fleet_counts()["drains"] == 0
+    broker_up = True
+    assert keeper.tick() == 4
+    assert [len(p) for p in published] == [4]
+
+
+def test_a_submit_while_the_broker_is_away_queues_the_job_for_the_keepers(
+    settings, fake_redis, monkeypatch: pytest.MonkeyPatch, ids
+) -> None:
+    """submit() does not fail on a broker that does not answer: the job is sealed in
+    the store, no ticket is held, and the keepers wake it once the broker is back."""
+    from worker import celery
+    from worker.errors import BrokerUnavailable
+
+    def refuse(*_: object, **__: object) -> None:
+        raise OSError("Connection refused")
+
+    monkeypatch.setattr(celery.app, "send_task", refuse)
+    job = submit(ids(10), reason="r", settings=settings, client=fake_redis)
+    assert job.status().state == "queued"
+    assert job.store.fleet_counts()["drains"] == 0
+    with pytest.raises(BrokerUnavailable, match="did not take a wake-up: Connection refused"):
+        celery.send_drains(["t"])
+
+
 def test_rethrottle_of_one_job_sets_its_own_rate(make_job, store: JobStore, ids) -> None:
     """`rethrottle --job J 4`: J's batches come 0.25 s apart; None lifts it; 'auto' and
     non-positive rates are refused."""

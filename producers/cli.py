@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -26,23 +27,16 @@ from typing import BinaryIO, TextIO, get_args
 import redis
 
 from producers import control, jobref, report, sweeps
-from producers.ingest import ID_RULE
 from producers.progress import ProgressPrinter, fleet_pause, summary
 from producers.retry import retry_failed
-from producers.submit import (
-    OUTAGE_S,
-    IngestReport,
-    Job,
-    check_alias,
-    dry_run,
-    store_for,
-    submit,
-    wait_for,
-)
+from producers.submit import IngestReport, Job, dry_run, store_for, submit, wait_for
 from worker.errors import ConfigError, InputError, StoreUnavailable
-from worker.ratelimit import FleetLimiter
+from worker.ingest import ID_RULE
+from worker.jobs import OUTAGE_S, check_alias
+from worker.ratelimit import limiter_for
 from worker.settings import get_settings
 from worker.store import PRIORITIES, JobState, JobStatus, JobStore
+from worker.sweeps import Sweep, load_sweeps, record_run, run_sweep, tick_label
 
 EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, EXIT_FAILURES, EXIT_JOB_FAILED = 0, 1, 2, 3, 4
 EXIT_TIMEOUT = 5
@@ -288,11 +282,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(run=_serve)
 
-    p = sub.add_parser("fake-api", help="run the local API stand-in (see --help)", add_help=False)
+    p = sub.add_parser(
+        "fake-api", help="run the local API stand-in (see --help; the 'demo' extra)", add_help=False
+    )
     p.set_defaults(run=_fake_api)
 
     p = sub.add_parser(
-        "demo", help="the whole pipeline in one process, no services needed (faults on purpose)"
+        "demo",
+        help="the whole pipeline in one process, no services needed (faults on purpose;"
+        " the 'demo' extra)",
     )
     p.add_argument("--ids", type=_positive_int, default=20_000, help="ids in the demo job")
     p.add_argument("--rate", type=float, default=200.0, help="the API's limit, requests/s")
@@ -505,7 +503,7 @@ def _outage_notice() -> Callable[[StoreUnavailable], None]:
 
 def _progress(store: JobStore) -> ProgressPrinter:
     """The live display of a watched job, on stderr (a bar on a terminal, lines elsewhere)."""
-    return ProgressPrinter(throttle=fleet_pause(store))
+    return ProgressPrinter(throttle=fleet_pause(store, get_settings()))
 
 
 def _exit_code(status: JobStatus) -> int:
@@ -599,9 +597,7 @@ def _rethrottle(args: argparse.Namespace, _rest: list[str]) -> int:
     if job_id is None:
         check_alias(store, args.key_alias)  # else a typo throttles a fleet that is not there
     print(
-        control.rethrottle(
-            store, rate, job_id=job_id, key_alias=args.key_alias, default_rate=settings.rate_limit
-        )
+        control.rethrottle(store, rate, job_id=job_id, key_alias=args.key_alias, settings=settings)
     )
     return EXIT_OK
 
@@ -610,10 +606,9 @@ def _rate(args: argparse.Namespace, _rest: list[str]) -> int:
     settings = get_settings()
     store = store_for(settings)
     check_alias(store, args.key_alias)
-    key = store.keys.limiter(args.key_alias)
-    limiter = FleetLimiter(store.redis, key, rate=settings.rate_limit, burst=settings.rate_burst)
+    limiter = limiter_for(store, settings, args.key_alias)
     rate, paused_s = limiter.rate, limiter.paused_for()
-    set_to = store.redis.hget(key, "rate")
+    set_to = store.redis.hget(limiter.key, "rate")
     if isinstance(set_to, bytes):
         set_to = set_to.decode()
     configured = set_to if set_to is not None else str(settings.rate_limit)
@@ -668,11 +663,11 @@ def _retry_failed(args: argparse.Namespace, _rest: list[str]) -> int:
 # -- sweeps ------------------------------------------------------------------------------
 
 
-def _load_sweeps() -> list[sweeps.Sweep]:
+def _load_sweeps() -> list[Sweep]:
     settings = get_settings()
     if settings.sweeps_file is None:
         raise ConfigError("no sweeps: WICKSON_SWEEPS_FILE is not set")
-    return sweeps.load_sweeps(settings.sweeps_file)
+    return load_sweeps(settings.sweeps_file)
 
 
 def _sweeps(args: argparse.Namespace, _rest: list[str]) -> int:
@@ -697,9 +692,9 @@ def _sweep_run(args: argparse.Namespace, _rest: list[str]) -> int:
         sweep = sweep.model_copy(update={"dry_run": True})
     store = store_for(settings)
     # Its own tick: a manual run neither takes nor blocks the scheduled minute's.
-    tick = f"manual-{sweeps.tick_label(datetime.now(UTC))}"
-    run = sweeps.run_sweep(sweep, tick, settings=settings, client=store.redis)
-    sweeps.record_run(store.redis, store.keys, run)
+    tick = f"manual-{tick_label(datetime.now(UTC))}"
+    run = run_sweep(sweep, tick, settings=settings, client=store.redis)
+    record_run(store.redis, store.keys, run)
     if args.json:
         print(json.dumps(dataclasses.asdict(run)))
     else:
@@ -718,19 +713,50 @@ def _worker(_args: argparse.Namespace, rest: list[str]) -> int:
     return EXIT_OK
 
 
-def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
-    from service.serve import serve
+SERVICE_APP = "service.app:create_app"
+"""The HTTP service's app factory, by its ASGI path: the service is the layer above the
+producers, started here by name as `uvicorn --factory` would, never imported."""
+EXTRAS = {
+    "demo": ("starlette", "uvicorn", "fakeredis", "lupa"),
+    "service": ("fastapi", "jinja2", "uvicorn"),
+}
+"""The modules each optional extra of the package installs (pyproject.toml)."""
 
-    return serve(args.host, args.port)
+
+def _require_extra(extra: str, command: str) -> None:
+    """ConfigError (exit 2, one line) naming the extra to install if a module it brings
+    is missing: `demo` and `fake-api` need the stand-in's web stack, `serve` FastAPI."""
+    missing = [name for name in EXTRAS[extra] if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"`wickson-purge {command}` needs the {extra!r} extra ({', '.join(missing)} not"
+            f" installed): pip install 'wickson-purge[{extra}]'"
+        )
+
+
+def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
+    _require_extra("service", "serve")
+    import uvicorn
+
+    from worker.logs import configure_logging
+
+    configure_logging()
+    # log_config None: uvicorn's lines go through our structlog processors. A ConfigError
+    # of create_app (the settings, the tokens) comes out of run: exit 2.
+    uvicorn.run(SERVICE_APP, factory=True, host=args.host, port=args.port, log_config=None,
+                proxy_headers=False)  # fmt: skip
+    return EXIT_OK
 
 
 def _fake_api(_args: argparse.Namespace, rest: list[str]) -> int:
+    _require_extra("demo", "fake-api")
     from ops.fake_api.__main__ import main as fake_api_main
 
     return fake_api_main(rest, prog="wickson-purge fake-api")
 
 
 def _demo(args: argparse.Namespace, _rest: list[str]) -> int:
+    _require_extra("demo", "demo")
     from producers.demo import run_demo
 
     return run_demo(ids=args.ids, rate=args.rate, workers=args.workers, redis_url=args.redis_url)

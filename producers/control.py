@@ -6,27 +6,11 @@ drain messages it misses), by task name: producers never import the tasks themse
 
 from __future__ import annotations
 
-import structlog
-
-from worker.errors import BrokerUnavailable, InputError
-from worker.keeper import wake_fleet
-from worker.ratelimit import FleetLimiter
+from worker.errors import InputError
+from worker.jobs import wake
+from worker.ratelimit import limiter_for
+from worker.settings import DEFAULT_ALIAS, Settings, get_settings
 from worker.store import JobStore
-
-log = structlog.get_logger("wickson_purge.control")
-
-
-def wake(store: JobStore) -> int:
-    """Publish the drain runs the fleet misses while a job is runnable; returns how many.
-    A broker that does not answer is no error: the job waits in the store, and the
-    workers' keepers wake it once the broker is back."""
-    from worker.celery import send_drains
-
-    try:
-        return wake_fleet(store, send_drains)
-    except BrokerUnavailable as exc:
-        log.warning("wake.broker_unavailable", error=str(exc), hint="keepers will wake the job")
-        return 0
 
 
 def pause(store: JobStore, job_id: str) -> bool:
@@ -64,8 +48,8 @@ def rethrottle(
     rate: float | str | None,
     *,
     job_id: str | None = None,
-    key_alias: str = "default",
-    default_rate: float | str = 10.0,
+    key_alias: str = DEFAULT_ALIAS,
+    settings: Settings | None = None,
 ) -> str:
     """Change a rate now: the fleet's (of one key alias; a number or 'auto'), or one job's
     own limit under it (None lifts it). Every worker reads it on its next request."""
@@ -76,7 +60,7 @@ def rethrottle(
         return f"job {job_id}: " + ("fleet rate only" if rate is None else f"{rate} requests/s")
     if rate is None:
         raise InputError("the fleet needs a rate: a number of requests/s, or 'auto'")
-    limiter = FleetLimiter(store.redis, store.keys.limiter(key_alias), rate=default_rate)
+    limiter = limiter_for(store, settings or get_settings(), key_alias)
     try:
         limiter.set_rate(rate)
     except ValueError as exc:

@@ -104,7 +104,7 @@ def run_demo(*, ids: int, rate: float, workers: int, redis_url: str | None) -> i
             job = submit(
                 demo_ids(ids), reason="wickson-purge demo", settings=settings, client=client
             )
-            with ProgressPrinter(every_s=1.0, throttle=fleet_pause(job.store)) as show:
+            with ProgressPrinter(every_s=1.0, throttle=fleet_pause(job.store, settings)) as show:
                 final = job.wait(poll_s=0.2, on_progress=show)
             stop_keeper()
         elapsed = time.monotonic() - started

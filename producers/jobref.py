@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import re
 
-import redis
-
-from worker.errors import InputError, JobNotFound, StoreUnavailable
-from worker.store import JobStore
+from worker.errors import InputError, JobNotFound
+from worker.scripts import decoded
+from worker.store import JobStore, store_errors
 
 MIN_PREFIX = 4
 """Shorter prefixes are refused: they would match too much to be meant."""
@@ -43,15 +42,13 @@ def resolve(store: JobStore, ref: str) -> str:
 
 def _indexed(store: JobStore, prefix: str) -> set[str]:
     """Ids in the job index (`<prefix>:jobs`) starting with `prefix`, scanned in Redis."""
-    try:
+    with store_errors():
         return {
-            member.decode() if isinstance(member, bytes) else str(member)
+            decoded(member)
             for member, _ in store.redis.zscan_iter(
                 store.keys.jobs, match=f"{prefix}*", count=1_000
             )
         }
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
 
 
 def _live_jobs(store: JobStore, job_ids: list[str]) -> list[str]:

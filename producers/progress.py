@@ -25,7 +25,8 @@ from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.text import Text
 
-from worker.ratelimit import FleetLimiter
+from worker.ratelimit import FleetLimiter, limiter_for
+from worker.settings import Settings
 from worker.store import JobStatus, JobStore
 
 RATE_WINDOW_S = 30.0
@@ -317,7 +318,7 @@ def _bar_fields(view: View) -> dict[str, Any]:
     }
 
 
-def fleet_pause(store: JobStore) -> Callable[[JobStatus], float]:
+def fleet_pause(store: JobStore, settings: Settings) -> Callable[[JobStatus], float]:
     """`throttle` for ProgressPrinter: seconds left in the pause of the job's fleet limiter
     (one per key alias); 0 when Redis does not answer (the next status poll says so)."""
     limiters: dict[str, FleetLimiter] = {}
@@ -325,9 +326,7 @@ def fleet_pause(store: JobStore) -> Callable[[JobStatus], float]:
     def pause_left(status: JobStatus) -> float:
         alias = status.key_alias
         if alias not in limiters:
-            # Read-only use: the default rate matters to `acquire` alone.
-            key = store.keys.limiter(alias)
-            limiters[alias] = FleetLimiter(store.redis, key, rate=1.0)
+            limiters[alias] = limiter_for(store, settings, alias)
         try:
             return limiters[alias].paused_for()
         except redis.RedisError:

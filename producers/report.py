@@ -10,8 +10,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, TextIO
 
-from producers.ingest import Line, quoted
 from producers.submit import DryRun
+from worker.ingest import Line, quoted
 from worker.store import JobStatus, ReportRow
 
 REPORT_COLUMNS = ("media_id", "outcome", "reason", "operation_id")

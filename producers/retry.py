@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import redis
 
-from producers.ingest import INVALID_REASON
 from producers.submit import Job, store_for, submit
 from worker.api import is_not_found
 from worker.errors import InputError
+from worker.ingest import INVALID_REASON
 from worker.settings import Settings, get_settings
 from worker.store import JobStore, Priority
 

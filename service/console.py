@@ -124,10 +124,14 @@ def security_headers(nonce: str | None = None) -> dict[str, str]:
     }
 
 
-def console_job(request: Request, session: sessions.Session, job_id: str) -> JobStatus:
-    """The job, if the session's token may see it (else a 404 page)."""
+def console_job(
+    request: Request, session: sessions.Session, job_id: str, scope: Scope = "read"
+) -> JobStatus:
+    """The job, if the session's token has `scope` (else a 403 page) and may see the job
+    (else a 404 page); ids longer than any job's are cut."""
+    allowed(request, session, scope)
     try:
-        return visible_job(get_context(request).store, session.principal, job_id, request)
+        return visible_job(get_context(request).store, session.principal, job_id[:64], request)
     except HTTPException as exc:
         raise ConsoleError(exc.status_code, str(exc.detail)) from None
 
@@ -223,8 +227,7 @@ def job_page(
     request: Request, job_id: str, session: sessions.Session = Depends(signed_in)
 ) -> HTMLResponse:
     """One job: counters, failure reasons, live rate chart, reports, controls."""
-    allowed(request, session, "read")
-    status = console_job(request, session, job_id[:64])
+    status = console_job(request, session, job_id)
     view = job_view(get_context(request).store, status)
     return page(request, "job.html", session, job=row(view, time.time()), active=ACTIVE)
 
@@ -234,8 +237,7 @@ def job_live(
     request: Request, job_id: str, session: sessions.Session = Depends(signed_in)
 ) -> JSONResponse:
     """The job's view as JSON, polled by its page."""
-    allowed(request, session, "read")
-    status = console_job(request, session, job_id[:64])
+    status = console_job(request, session, job_id)
     store = get_context(request).store
     data = row(job_view(store, status, webhook=False), time.time())
     data["series"] = [[s.t, s.done, s.rate_limited] for s in series(store, status.job_id)]
@@ -251,8 +253,7 @@ def job_report(
     session: sessions.Session = Depends(signed_in),
 ) -> Response:
     """A report download (the API's, with the session's rights)."""
-    allowed(request, session, "read")
-    console_job(request, session, job_id[:64])
+    console_job(request, session, job_id)
     if fmt not in ("csv", "jsonl") or outcome not in (None, "deleted", "not_found", "failed",
                                                      "not_attempted", "pending"):  # fmt: skip
         raise ConsoleError(422, "unknown report format or outcome")
@@ -265,8 +266,7 @@ async def job_action(
 ) -> Response:
     """Pause, resume or cancel (cancel only from its confirmation page), then the job page."""
     await checked_form(request, session)
-    allowed(request, session, "control")
-    status = console_job(request, session, job_id[:64])
+    status = console_job(request, session, job_id, "control")
     ctx = get_context(request)
     done = await run_in_threadpool(_act, ctx, action, status.job_id)
     if done is None:
@@ -291,8 +291,7 @@ def cancel_page(
     request: Request, job_id: str, session: sessions.Session = Depends(signed_in)
 ) -> HTMLResponse:
     """Ask before cancelling: what stops, and that it cannot be undone."""
-    allowed(request, session, "control")
-    status = console_job(request, session, job_id[:64])
+    status = console_job(request, session, job_id, "control")
     view = job_view(get_context(request).store, status, webhook=False)
     return page(request, "cancel.html", session, job=row(view, time.time()))
 
@@ -341,14 +340,19 @@ async def new_dry_run(
 
 def _dry_run(ctx: ServiceContext, path: Path, meta: dict[str, Any]) -> Any:
     with open(path, "rb") as source:
-        return dry_run(
-            source,
-            reason=meta["reason"] or None,
-            settings=ctx.settings,
-            client=ctx.store.redis,
-            key_alias=meta["key_alias"],
-            priority=meta["priority"],
-        )
+        return dry_run(source, **_job_options(ctx, meta))
+
+
+def _job_options(ctx: ServiceContext, meta: dict[str, Any]) -> dict[str, Any]:
+    """What the dry run and the submit of an upload are both given: its reason, key alias
+    and priority, and the service's settings and Redis."""
+    return {
+        "reason": meta["reason"] or None,
+        "settings": ctx.settings,
+        "client": ctx.store.redis,
+        "key_alias": meta["key_alias"],
+        "priority": meta["priority"],
+    }
 
 
 @router.post("/new/confirm")
@@ -376,12 +380,4 @@ async def new_confirm(request: Request, session: sessions.Session = Depends(sign
 
 def _submit(ctx: ServiceContext, path: Path, meta: dict[str, Any]) -> str:
     with open(path, "rb") as source:
-        job = submit(
-            source,
-            reason=meta["reason"] or None,
-            settings=ctx.settings,
-            client=ctx.store.redis,
-            key_alias=meta["key_alias"],
-            priority=meta["priority"],
-        )
-    return job.id
+        return submit(source, **_job_options(ctx, meta)).id

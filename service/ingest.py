@@ -17,8 +17,8 @@ from typing import IO, Any
 
 from fastapi import HTTPException, Request
 
-from producers.ingest import HEADER_WORDS
 from worker.errors import InputError
+from worker.ingest import HEADER_WORDS
 from worker.store import JobStore
 
 SPOOL_MEMORY_BYTES = 4 * 1024 * 1024

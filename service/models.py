@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.errors import describe, dotted
 from worker.settings import ALIAS_PATTERN
 from worker.store import JobState, Priority
 from worker.webhooks import MAX_URL_LENGTH, WebhookStatus
@@ -132,12 +133,8 @@ class Problem(BaseModel):
 
 
 def explain(errors: Sequence[Any]) -> str:
-    """Validation errors as one line per field: 'query.priority: Input should be ...'."""
-    parts = []
-    for error in errors:
-        where = ".".join(str(p) for p in error.get("loc", ())) or "body"
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
-    return "; ".join(parts)
+    """Validation errors as one part per field: 'query.priority: Input should be ...'."""
+    return "; ".join(describe(errors, place=lambda loc: dotted(loc) or "body"))
 
 
 class Health(BaseModel):

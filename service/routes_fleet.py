@@ -14,6 +14,7 @@ from service.auth import Principal, refuse, require
 from service.context import get_context
 from service.models import Health, Problem, RateChange, RateChanged
 from service.views import visible_job
+from worker.sweeps import load_sweeps
 
 router = APIRouter(tags=["fleet"])
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
@@ -44,7 +45,7 @@ def put_rate(
         change.rate,
         job_id=change.job_id,
         key_alias=change.key_alias,
-        default_rate=ctx.settings.rate_limit,
+        settings=ctx.settings,
     )
     return RateChanged(message=message)
 
@@ -55,7 +56,7 @@ def get_sweeps(request: Request, principal: Principal = Depends(require("read"))
     ctx = get_context(request)
     if ctx.settings.sweeps_file is None:
         return SweepList(sweeps=[])
-    mine = [s for s in sweeps.load_sweeps(ctx.settings.sweeps_file) if principal.sees(s.key_alias)]
+    mine = [s for s in load_sweeps(ctx.settings.sweeps_file) if principal.sees(s.key_alias)]
     return SweepList(sweeps=sweeps.overview(mine, ctx.store, datetime.now(UTC)))
 
 

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from worker.errors import ConfigError
-from worker.settings import ALIAS_PATTERN, Settings
+from worker.settings import ALIAS_PATTERN, Settings, read_settings
 
 Scope = Literal["read", "submit", "control"]
 TOKEN_NAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"  # noqa: S105 (a pattern of names, no secret)
@@ -79,12 +79,4 @@ class ServiceSettings(Settings):
 
 def load_service_settings(**overrides: object) -> ServiceSettings:
     """Read the service's settings from the environment; ConfigError if they are wrong."""
-    try:
-        return ServiceSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        fields = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration: {fields}") from None
-    except ValueError as exc:  # a token table that is not JSON
-        raise ConfigError(f"invalid configuration: {exc}") from None
+    return read_settings(ServiceSettings, **overrides)

@@ -74,15 +74,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         **broker,
-        "beat_schedule": {
-            "watchdog": {
-                "task": WATCHDOG_TASK,
-                "schedule": settings.watchdog_interval_s,
-                # A watchdog run that waited longer than its interval is stale: skip it.
-                "options": {"queue": CONTROL_QUEUE, "expires": settings.watchdog_interval_s},
-            },
-            **_sweep_schedule(settings),
-        },
+        # Beat builds its schedule (watchdog, sweeps) when it starts: worker/beat.py.
+        "beat_scheduler": "worker.beat:Scheduler",
     }
 
 
@@ -93,23 +86,9 @@ def configure(settings: Settings, **overrides: Any) -> None:
     # configuration (kombu's own pools are keyed by broker URL: left open, never reused).
     app._pool = None
     app.__dict__.pop("amqp", None)
+    # These settings replace the environment's: its configuration, if not read yet, never is.
+    app._pending_defaults.clear()
     app.conf.update(celery_config(settings), **overrides)
-
-
-def _sweep_schedule(settings: Settings) -> dict[str, Any]:
-    """Beat entries of the retention sweeps in WICKSON_SWEEPS_FILE (none when it is unset).
-    Raises ConfigError for a file that does not load."""
-    if settings.sweeps_file is None:
-        return {}
-    # A sweep is a producer that beat runs on the fleet: the one place where the worker
-    # package reads a producers module (lazily, so producers may import this one).
-    from producers.sweeps import beat_entries, load_sweeps
-
-    sweeps = load_sweeps(settings.sweeps_file)
-    # The sweep task itself is short (read ids, submit a job): the control queue keeps it
-    # from waiting behind drains; the job it submits runs at the sweep's priority.
-    options = {"queue": CONTROL_QUEUE, "expires": SWEEP_EXPIRES_S}
-    return beat_entries(sweeps, task=SWEEP_TASK, options=options)
 
 
 def _run_by_celery() -> bool:
@@ -120,15 +99,26 @@ def _run_by_celery() -> bool:
     )
 
 
+def _configuration() -> dict[str, Any]:
+    """`celery_config` of this process's settings, read when Celery first needs its
+    configuration (a worker or beat starting, the first publish), never at import."""
+    try:
+        return celery_config(get_settings())
+    except ConfigError as exc:
+        if _run_by_celery():
+            # Celery prints the whole traceback of an error: 40 lines before the message.
+            print(f"wickson-purge: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        # An app publishing gets the exception, never SystemExit. Celery has dropped this
+        # promise and kept its own defaults (an AMQP broker on localhost): leave the
+        # configuration unread, so the next use reads it again (and raises again).
+        app._conf, app.configured = None, False
+        app._pending_defaults.append(_configuration)
+        raise
+
+
 app = Celery("wickson_purge", include=["worker.tasks"])
-try:
-    app.conf.update(celery_config(get_settings()))
-except ConfigError as exc:
-    if not _run_by_celery():
-        raise  # an app importing the producer API gets the exception, never SystemExit
-    # Celery prints the whole traceback of an import error: 40 lines before the message.
-    print(f"wickson-purge: {exc}", file=sys.stderr, flush=True)
-    raise SystemExit(2) from None
+app.add_defaults(_configuration)
 
 
 @signals.worker_init.connect

@@ -21,9 +21,18 @@
 `ServerError` and `OutcomeUnknown` set `maybe_deleted`: the ids of such a request may be
 gone, so a stopping job confirms them with another request instead of counting them
 not_attempted, and giving up on them says so. No exception carries the API key.
+
+`describe` turns pydantic's validation errors into the lines of our messages (settings,
+sweeps files, the service's requests): one formatter, each caller naming the places.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+Place = Callable[[Sequence[Any]], str]
+"""Names the place of an error from its pydantic `loc` ('' for the whole input)."""
 
 
 class PurgeError(Exception):
@@ -133,3 +142,28 @@ class AuthFailed(JobStopping):
     """401/403: the key is invalid, revoked, or lacks the delete capability."""
 
     code = "INVALID_API_KEY"
+
+
+def dotted(loc: Sequence[Any]) -> str:
+    """A pydantic location as 'query.priority' (the default `Place`)."""
+    return ".".join(str(part) for part in loc)
+
+
+def describe(
+    errors: Iterable[Mapping[str, Any]],
+    *,
+    place: Place = dotted,
+    shown: Callable[[Mapping[str, Any]], str] = lambda _error: "",
+) -> list[str]:
+    """pydantic's validation errors (`exc.errors()`) as lines 'place: message', one per
+    place: the alternatives of a union joined by '; or ', pydantic's 'Value error, '
+    dropped, then what `shown` says of the value (never a secret's: the caller decides)."""
+    found: dict[str, tuple[list[str], str]] = {}
+    for error in errors:
+        where = place(tuple(error.get("loc", ())))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        found.setdefault(where, ([], shown(error)))[0].append(message)
+    return [
+        f"{where + ': ' if where else ''}{'; or '.join(messages)}{value}"
+        for where, (messages, value) in found.items()
+    ]

@@ -12,6 +12,7 @@ from worker.logs import register_secret
 from worker.scripts import decoded
 from worker.settings import Settings
 from worker.store import JobStore
+from worker.sweeps import load_sweeps
 
 log = structlog.get_logger("wickson_purge.preflight")
 
@@ -61,11 +62,14 @@ def check_persistence(client: redis.Redis) -> bool:
 
 
 def check_worker(settings: Settings, store: JobStore) -> None:
-    """Everything a worker needs: an API key, a reachable non-evicting Redis. Registers
-    the key aliases it holds (names only) so that submit can check jobs against them."""
+    """Everything a worker needs: an API key, a sweeps file that loads (if set), a
+    reachable non-evicting Redis. Registers the key aliases it holds (names only) so that
+    submit can check jobs against them."""
     keys = settings.keys_by_alias()
     if not keys:
         settings.require_api_key()  # raises, naming the variable
+    if settings.sweeps_file is not None:
+        load_sweeps(settings.sweeps_file)  # a typo fails now, not at 3 am
     for key in keys.values():
         register_secret(key.get_secret_value())
     try:

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import redis
 
 from worker.errors import Deferred
-from worker.scripts import SCRIPTS
+from worker.scripts import SCRIPTS, reply_fields
+from worker.settings import DEFAULT_ALIAS, Settings
+
+if TYPE_CHECKING:
+    from worker.store import JobStore
 
 
 class FleetLimiter:
@@ -48,13 +53,13 @@ class FleetLimiter:
     def _call(
         self, op: str, max_wait_s: float = 0.0, pause_s: float = 0.0, limit: float = 0.0
     ) -> int:
-        wait_us, rate = self._script(
+        reply = reply_fields(self._script(
             keys=[self.key],
             args=[op, self.default_rate, self.burst, int(max_wait_s * 1e6), int(pause_s * 1e6),
                   limit],
-        )  # fmt: skip
-        self.last_rate = float(rate)
-        return int(wait_us)
+        ))  # fmt: skip
+        self.last_rate = float(reply["rate"])
+        return int(reply["wait_us"])
 
     def acquire(self, max_wait_s: float) -> float:
         """Wait for a send slot; return the seconds waited. Raises Deferred when the slot
@@ -103,6 +108,24 @@ class FleetLimiter:
         """The rate in force now, requests/s (in auto mode, where the controller is)."""
         self._call("check")
         return self.last_rate
+
+
+def limiter_for(
+    store: JobStore,
+    settings: Settings,
+    alias: str = DEFAULT_ALIAS,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> FleetLimiter:
+    """The fleet limiter of key `alias` in `store`'s Redis, at the configured rate and burst
+    (a rate set by `rethrottle` wins): the one way to build a limiter from settings."""
+    return FleetLimiter(
+        store.redis,
+        store.keys.limiter(alias),
+        rate=settings.rate_limit,
+        burst=settings.rate_burst,
+        sleep=sleep,
+    )
 
 
 def _rate_arg(rate: float | str) -> str:

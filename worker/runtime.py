@@ -20,11 +20,10 @@ from worker import series, webhooks
 from worker.api import WicksonClient
 from worker.batch import RunContext
 from worker.keeper import Keeper
-from worker.keys import Keys
 from worker.logs import register_secret
-from worker.ratelimit import FleetLimiter
+from worker.ratelimit import FleetLimiter, limiter_for
 from worker.settings import DEFAULT_ALIAS, Settings, get_settings
-from worker.store import JobStore
+from worker.store import JobStore, store_for
 
 
 @dataclass
@@ -50,13 +49,7 @@ class Runtime:
     def limiter(self, alias: str = DEFAULT_ALIAS) -> FleetLimiter:
         """The fleet limiter of key `alias` (rate limits belong to a key)."""
         if alias not in self._limiters:
-            self._limiters[alias] = FleetLimiter(
-                self.redis,
-                self.store.keys.limiter(alias),
-                rate=self.settings.rate_limit,
-                burst=self.settings.rate_burst,
-                sleep=self.sleep,
-            )
+            self._limiters[alias] = limiter_for(self.store, self.settings, alias, sleep=self.sleep)
         return self._limiters[alias]
 
     def tenant(self, alias: str) -> tuple[WicksonClient, FleetLimiter]:
@@ -88,7 +81,6 @@ def build_runtime(
 ) -> Runtime:
     """A runtime from settings; `client` and `api_factory` replace the real ones."""
     client = client or redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-    keys = Keys(settings.key_prefix)
 
     def make_api(alias: str) -> WicksonClient:
         key = settings.require_api_key(alias)
@@ -98,11 +90,7 @@ def build_runtime(
     return Runtime(
         settings=settings,
         redis=client,
-        store=JobStore(
-            client,
-            keys=keys,
-            retention_s=settings.job_retention_s,
-        ),
+        store=store_for(settings, client),
         api_factory=api_factory or make_api,
         sleep=sleep,
     )

@@ -7,9 +7,11 @@ start-up with pydantic's message, which names the variable and what is allowed.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
     AliasChoices,
@@ -21,7 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, describe
 
 REAL_API_URL = "https://api.wickson.ai"
 DEFAULT_ALIAS = "default"
@@ -125,7 +127,7 @@ class Settings(BaseSettings):
     """Guard rail: a larger job is refused before anything is sent."""
 
     sweeps_file: Path | None = None
-    """TOML file of retention sweeps run by beat (producers/sweeps.py); none: no sweeps.
+    """TOML file of retention sweeps run by beat (worker/sweeps.py); none: no sweeps.
     Beat and the workers must read the same file."""
 
     key_prefix: str = Field("wp", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
@@ -235,10 +237,19 @@ class Settings(BaseSettings):
         return key
 
 
+S = TypeVar("S", bound=Settings)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment; raise ConfigError with pydantic's explanation."""
+    return read_settings(Settings, **overrides)
+
+
+def read_settings(kind: type[S], /, **overrides: object) -> S:
+    """Read settings of `kind` (the service's have more) from the environment; raise
+    ConfigError with pydantic's explanation."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return kind(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration:\n{explain(exc)}") from None
     except SettingsError as exc:
@@ -256,23 +267,41 @@ def redact(text: str) -> str:
 
 
 def explain(exc: ValidationError) -> str:
-    """One line per variable pydantic refused: its name, what is allowed (a union's
-    alternatives joined by 'or'), the value given (never a key's, a secret's or a token's;
-    a URL's user and password masked)."""
-    lines: list[str] = []
-    by_name: dict[str, tuple[list[str], str]] = {}
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if not loc:  # a cross-field rule: its input is every value, the key included
-            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
-            continue
-        field = str(err["loc"][0])
-        name = "REDIS_URL" if field.lower() == "redis_url" else f"WICKSON_{field.upper()}"
-        secret = any(word in field for word in ("api_key", "secret", "token"))
-        value = "" if secret else f" (got {redact(repr(err.get('input')))})"
-        by_name.setdefault(name, ([], value))[0].append(err["msg"])
-    named = [f"  {name}: {'; or '.join(msgs)}{value}" for name, (msgs, value) in by_name.items()]
-    return "\n".join(named + lines)
+    """One line per variable pydantic refused: its name (and the place inside its value),
+    what is allowed (a union's alternatives joined by 'or'), the value given (never a
+    key's, a secret's or a token's; a URL's user and password masked)."""
+    return "\n".join(f"  {line}" for line in describe(exc.errors(), place=_variable, shown=_given))
+
+
+def _variable(loc: Sequence[Any]) -> str:
+    """The variable of a settings error, then the place inside its value ('' for a rule
+    across fields); the alternative of a union field that failed is left out."""
+    if not loc:
+        return ""
+    field = str(loc[0])
+    name = "REDIS_URL" if field.lower() == "redis_url" else f"WICKSON_{field.upper()}"
+    inner = loc[2:] if field in _UNION_FIELDS else loc[1:]
+    return ".".join([name, *map(str, inner)])
+
+
+def _is_union(annotation: Any) -> bool:
+    """A union of two kinds of value at least (`X | None` is not one: no alternative)."""
+    if get_origin(annotation) not in (Union, UnionType):
+        return False
+    return len([a for a in get_args(annotation) if a is not type(None)]) > 1
+
+
+_UNION_FIELDS = frozenset(n for n, f in Settings.model_fields.items() if _is_union(f.annotation))
+"""Fields whose errors pydantic places under the name of the alternative that failed."""
+
+
+def _given(error: Mapping[str, Any]) -> str:
+    """' (got <value>)', unless the field holds a secret or the rule spans fields (its
+    input is every value, the key included)."""
+    loc = error.get("loc", ())
+    if not loc or any(word in str(loc[0]) for word in ("api_key", "secret", "token")):
+        return ""
+    return f" (got {redact(repr(error.get('input')))})"
 
 
 @lru_cache(maxsize=1)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from worker.errors import InputError, JobNotFound, StoreUnavailable
 from worker.keys import Keys
 from worker.scripts import decoded, load_scripts, reply_fields
+from worker.settings import Settings
 
 JobState = Literal[
     "staging", "queued", "running", "paused", "stopping", "completed", "failed", "cancelled"
@@ -88,8 +89,11 @@ class JobStatus(BaseModel):
     hd_vectors: int = 0
     ld_vectors: int = 0
     requests: int = 0
+    """API requests sent for the job: answered or not, 429s and 400 splits included."""
     rate_limited: int = 0
+    """Requests answered 429 (sent again after the fleet's pause; no attempt spent)."""
     retries: int = 0
+    """Requests that failed retryably (5xx, timeout, reset): each spends an attempt."""
     last_error: str | None = None
     failure_reasons: dict[str, int] = {}
 
@@ -171,6 +175,7 @@ class BatchCommit:
     requests: int = 0
     rate_limited: int = 0
     retries: int = 0
+    """requests, rate_limited, retries: added to the job's counters (`JobStatus`)."""
     operation_id: str = ""
     last_error: str = ""
     release: Literal["keep", "later"] = "keep"
@@ -254,7 +259,7 @@ class JobStore:
         self.scripts = load_scripts(client)
 
     def _job(self, name: str, job_id: str, args: Sequence[Any], extra: Sequence[str] = ()) -> Any:
-        with _store_errors():
+        with store_errors():
             return self.scripts[name](keys=[*self.keys.job_keys(job_id), *extra], args=list(args))
 
     # -- producers ---------------------------------------------------------------------
@@ -282,7 +287,7 @@ class JobStore:
             "priority": priority,
         }
         record.update({k: v for k, v in (("sweep", sweep), ("retry_of", retry_of)) if v})
-        with _store_errors():
+        with store_errors():
             if idempotency_key is None:
                 self.redis.hset(self.keys.job(job_id), mapping=record)  # type: ignore[arg-type]
                 self.redis.expire(self.keys.job(job_id), STAGING_TTL_S)
@@ -314,7 +319,7 @@ class JobStore:
         """Write batches (from `first_index` on) and invalid ids of a staging job in one
         round trip, refreshing its staging TTL. Returns how many invalid ids were new."""
         keys = self.keys
-        with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
+        with store_errors(), self.redis.pipeline(transaction=False) as pipe:
             if batches:
                 pipe.hset(
                     keys.job(job_id, "batches"),
@@ -330,12 +335,25 @@ class JobStore:
 
     def discard(self, job_id: str, idempotency_key: str | None = None) -> None:
         """Delete a staging job that will never be sealed, and free its idempotency key."""
-        with _store_errors():
+        with store_errors():
             self.redis.delete(*self.keys.job_keys(job_id))
             if idempotency_key is not None:
                 idem = self.keys.idempotency(idempotency_key)
                 if decoded(self.redis.get(idem) or b"") == job_id:
                     self.redis.delete(idem)
+
+    def input_digest(self, idempotency_key: str) -> str | None:
+        """The digest of the input first submitted with `idempotency_key`, if kept."""
+        with store_errors():
+            digest = self.redis.get(self.keys.idempotency_digest(idempotency_key))
+        return None if digest is None else decoded(digest)
+
+    def keep_input_digest(self, idempotency_key: str, digest: str) -> None:
+        """Keep the digest of the input first submitted with `idempotency_key`, as long as
+        the key itself (the store's retention)."""
+        key = self.keys.idempotency_digest(idempotency_key)
+        with store_errors():
+            self.redis.set(key, digest, ex=self.retention_s)
 
     def seal(self, job_id: str, *, batches: int, valid: int, invalid: int, submitted: int) -> str:
         """Make a staged job runnable (atomically); return its state ('queued' or, with
@@ -368,7 +386,7 @@ class JobStore:
     ) -> Taken | NoBatch:
         """Take the next batch of any runnable job (priority first, then round robin)
         under a lease held by `token`, with a send slot from its key's fleet limiter."""
-        with _store_errors():
+        with store_errors():
             reply = self.scripts["take"](
                 args=[self.keys.prefix, token, ticket, int(lease_s * 1000), max_runs,
                       int(max_wait_s * 1e6), _rate_text(rate), burst, JOBS_SCANNED,
@@ -431,7 +449,7 @@ class JobStore:
     ) -> list[str]:
         """Heartbeat of `worker` (with its `slots`), then the tickets of the drain runs the
         fleet misses while some job is runnable: publish one drain message per ticket."""
-        with _store_errors():
+        with store_errors():
             reply = self.scripts["wake"](
                 args=[self.keys.prefix, worker, int(ticket_ttl_s * 1000), slots,
                       int(heartbeat_s * 1000), most],
@@ -440,12 +458,12 @@ class JobStore:
 
     def end_drain(self, ticket: str) -> None:
         """A drain run ends for good (no runnable job): its ticket goes."""
-        with _store_errors():
+        with store_errors():
             self.redis.zrem(self.keys.drains, ticket)
 
     def leave(self, worker: str) -> None:
         """A worker shuts down: its slots no longer count."""
-        with _store_errors(), self.redis.pipeline() as pipe:
+        with store_errors(), self.redis.pipeline() as pipe:
             pipe.zrem(self.keys.workers, worker)
             pipe.hdel(f"{self.keys.workers}:slots", worker)
             pipe.execute()
@@ -454,7 +472,7 @@ class JobStore:
         """Whether Redis restarted since the store last looked (its run_id changed): then
         it may have lost its last writes, and every unfinished job's next `margin` batches
         are marked possibly sent. The first look only records the run_id."""
-        with _store_errors():
+        with store_errors():
             try:
                 run_id = str(self.redis.info("server").get("run_id", ""))
             except redis.ResponseError:
@@ -482,7 +500,7 @@ class JobStore:
 
     def fleet_counts(self) -> dict[str, int]:
         """Workers alive, their slots, drain runs alive (or queued), unfinished jobs."""
-        with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
+        with store_errors(), self.redis.pipeline(transaction=False) as pipe:
             now_ms = int(time.time() * 1000)
             pipe.zcount(self.keys.workers, now_ms, "+inf")
             pipe.hvals(f"{self.keys.workers}:slots")
@@ -498,14 +516,14 @@ class JobStore:
 
     def active_jobs(self) -> list[str]:
         """Every unfinished job (queued, running, paused, stopping), oldest first."""
-        with _store_errors():
+        with store_errors():
             return [decoded(j) for j in self.redis.zrange(self.keys.active, 0, -1)]
 
     # -- readers -----------------------------------------------------------------------
 
     def status(self, job_id: str) -> JobStatus:
         """The job's record and counters; raises JobNotFound."""
-        with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
+        with store_errors(), self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.job(job_id))
             pipe.hgetall(self.keys.job(job_id, "reasons"))
             record, reasons = pipe.execute()
@@ -514,19 +532,19 @@ class JobStore:
         return _to_status(record, reasons)
 
     def exists(self, job_id: str) -> bool:
-        with _store_errors():
+        with store_errors():
             return bool(self.redis.exists(self.keys.job(job_id)))
 
     def priority(self, job_id: str) -> Priority:
         """The job's priority ('normal' for a job without one, or gone)."""
-        with _store_errors():
+        with store_errors():
             value = decoded(self.redis.hget(self.keys.job(job_id), "priority") or b"normal")
         return value if value in PRIORITIES else "normal"
 
     def link_retry(self, job_id: str, retry_id: str) -> bool:
         """Record on job `job_id` that job `retry_id` retries its failures; False if the
         job has expired (it is not recreated)."""
-        with _store_errors():
+        with store_errors():
             return bool(
                 self.scripts["set_if_exists"](
                     keys=[self.keys.job(job_id)], args=["retried_by", retry_id]
@@ -540,7 +558,7 @@ class JobStore:
         `scan_max` newest jobs at most. Jobs whose record expired are left out."""
         found: list[JobStatus] = []
         for first in range(0, scan_max, 200):
-            with _store_errors():
+            with store_errors():
                 ids = self.redis.zrevrange(self.keys.jobs, first, min(first + 200, scan_max) - 1)
                 with self.redis.pipeline(transaction=False) as pipe:
                     for job_id in ids:
@@ -560,7 +578,7 @@ class JobStore:
     def iter_failures(self, job_id: str, *, count: int = 1_000) -> Iterator[tuple[str, str]]:
         """Stream (media id, reason) of every failed id, without loading them all."""
         self.status(job_id)
-        with _store_errors():
+        with store_errors():
             for media_id, reason in self.redis.hscan_iter(
                 self.keys.job(job_id, "failed"), count=count
             ):
@@ -569,7 +587,7 @@ class JobStore:
     def set_job_rate(self, job_id: str, rate: float | None) -> None:
         """Give a job its own rate limit under the fleet's (None removes it)."""
         self.status(job_id)
-        with _store_errors():
+        with store_errors():
             if rate is None:
                 self.redis.hdel(self.keys.job(job_id), "rate")
             else:
@@ -578,12 +596,12 @@ class JobStore:
     def register_aliases(self, aliases: Sequence[str]) -> None:
         """Record which key aliases the fleet holds (submit checks jobs against them)."""
         if aliases:
-            with _store_errors():
+            with store_errors():
                 self.redis.sadd(self.keys.aliases, *aliases)
 
     def known_aliases(self) -> set[str]:
         """Key aliases some worker has registered."""
-        with _store_errors():
+        with store_errors():
             return {decoded(a) for a in self.redis.smembers(self.keys.aliases)}
 
     def iter_outcomes(self, job_id: str, *, batches_per_call: int = 50) -> Iterator[OutcomeRow]:
@@ -597,14 +615,14 @@ class JobStore:
         `batches_per_call` batches per round trip (a 10M-id job never sits in memory)."""
         status = self.status(job_id)
         keys = self.keys
-        with _store_errors():
-            first_skipped, stop_reason = self.redis.hmget(
-                keys.job(job_id), "skipped_from", "stop_reason"
+        with store_errors():
+            bulk_from, stop_reason = self.redis.hmget(
+                keys.job(job_id), "not_attempted_from", "stop_reason"
             )
-        skipped_from = int(decoded(first_skipped or b"-1"))
+        not_attempted_from = int(decoded(bulk_from or b"-1"))
         for first in range(0, status.batches_total, batches_per_call):
             indices = range(first, min(first + batches_per_call, status.batches_total))
-            with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
+            with store_errors(), self.redis.pipeline(transaction=False) as pipe:
                 pipe.hmget(keys.job(job_id, "batches"), list(indices))
                 pipe.hmget(keys.job(job_id, "ops"), list(indices))
                 for index in indices:
@@ -612,25 +630,25 @@ class JobStore:
                 packed, ops, *bits = pipe.execute()
             for index, ids_packed, op, mask in zip(indices, packed, ops, bits, strict=True):
                 ids = decoded(ids_packed).split("\n")
-                if 0 <= skipped_from <= index:
-                    skipped = decoded(stop_reason or b"")
-                    yield from (ReportRow(i, "not_attempted", skipped, "") for i in ids)
+                if 0 <= not_attempted_from <= index:
+                    why = decoded(stop_reason or b"")
+                    yield from (ReportRow(i, "not_attempted", why, "") for i in ids)
                     continue
                 for outcome in self._batch_outcomes(job_id, ids, mask):
                     sent = outcome.outcome in _SENT_OUTCOMES
                     yield ReportRow(*outcome, decoded(op) if op is not None and sent else "")
-        with _store_errors():
+        with store_errors():
             for media_id, reason in self.redis.hscan_iter(keys.job(job_id, "failed"), count=1_000):
                 if decoded(reason) == "invalid_id":
                     yield ReportRow(decoded(media_id), "failed", "invalid_id", "")
 
     def _batch_outcomes(self, job_id: str, ids: list[str], mask: bytes) -> Iterator[OutcomeRow]:
         keys = self.keys
-        with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
+        with store_errors(), self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(keys.job(job_id, "failed"), ids)
             pipe.smismember(keys.job(job_id, "not_found"), ids)
             pipe.hmget(keys.job(job_id, "not_attempted"), ids)
-            failed, not_found, skipped = pipe.execute()
+            failed, not_found, not_attempted = pipe.execute()
         for pos, media_id in enumerate(ids):
             resolved = pos // 8 < len(mask) and mask[pos // 8] >> (7 - pos % 8) & 1
             if not resolved:
@@ -639,24 +657,35 @@ class JobStore:
                 yield OutcomeRow(media_id, "failed", decoded(failed[pos]))
             elif not_found[pos]:
                 yield OutcomeRow(media_id, "not_found", "")
-            elif skipped[pos] is not None:
-                yield OutcomeRow(media_id, "not_attempted", decoded(skipped[pos]).split("|", 1)[-1])
+            elif not_attempted[pos] is not None:
+                why = decoded(not_attempted[pos]).split("|", 1)[-1]
+                yield OutcomeRow(media_id, "not_attempted", why)
             else:
                 yield OutcomeRow(media_id, "deleted", "")
 
     def recent_jobs(self, limit: int = 50) -> list[str]:
         """Ids of the newest jobs, newest first."""
-        with _store_errors():
+        with store_errors():
             return [decoded(j) for j in self.redis.zrevrange(self.keys.jobs, 0, limit - 1)]
 
     def recent_states(self, limit: int = 1_000) -> dict[str, str]:
         """State of each of the `limit` newest jobs (newest first), in two round trips."""
         ids = self.recent_jobs(limit)
-        with _store_errors(), self.redis.pipeline(transaction=False) as pipe:
+        with store_errors(), self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hget(self.keys.job(job_id), "state")
             found = pipe.execute()
         return {j: decoded(st) for j, st in zip(ids, found, strict=True) if st}
+
+
+def store_for(settings: Settings, client: redis.Redis | None = None) -> JobStore:
+    """The job store the settings point at (a new client unless `client` is given): the
+    one way to build a `JobStore` from settings."""
+    return JobStore(
+        client or redis.Redis.from_url(settings.redis_url),
+        keys=Keys(settings.key_prefix),
+        retention_s=settings.job_retention_s,
+    )
 
 
 def _to_status(record: dict[Any, Any], reasons: dict[Any, Any]) -> JobStatus:
@@ -679,8 +708,9 @@ def _rate_text(rate: float | str) -> str:
 
 
 @contextmanager
-def _store_errors() -> Iterator[None]:
-    """Translate redis-py's connection errors into StoreUnavailable, in one place."""
+def store_errors() -> Iterator[None]:
+    """Translate redis-py's connection errors into StoreUnavailable: the one translation,
+    for every module that talks to Redis (the store, sweeps' history, job prefixes)."""
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:

@@ -60,8 +60,8 @@ def watchdog() -> int:
 def run_sweep(self: Task, name: str, tick: str) -> str:
     """Run retention sweep `name` for its scheduled minute `tick` (sent by beat): once per
     tick, however many beats sent it. Returns the run's outcome."""
-    # A sweep is a producer run on the fleet: it reads ids and submits an ordinary job.
-    from producers.sweeps import run_scheduled
+    # Scheduled work of the fleet: it reads ids and submits an ordinary job.
+    from worker.sweeps import run_scheduled
 
     rt = get_runtime()
     try:

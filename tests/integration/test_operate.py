@@ -16,11 +16,11 @@ import redis
 
 from ops.fake_api import RunningFakeApi
 from producers.submit import Job
-from producers.sweeps import history
 from tests.helpers import wait_until
 from tests.services import ROOT, WorkerProcess, worker_env
 from worker.celery import CONTROL_QUEUE, SWEEP_TASK, app
 from worker.store import JobStore
+from worker.sweeps import history
 
 pytestmark = pytest.mark.integration
 

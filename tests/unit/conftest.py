@@ -20,7 +20,7 @@ from fakeredis.commands_mixins import server_mixin
 from pydantic import SecretStr
 
 import producers.cli
-import producers.submit
+import worker.jobs
 from worker import settings as settings_module
 from worker.api import WicksonClient
 from worker.batch import BatchRun, RunContext
@@ -418,5 +418,5 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
             if job not in known:
                 sent.append((job, store.status(job).priority))
 
-    monkeypatch.setattr(producers.submit, "wake", wake)
+    monkeypatch.setattr(worker.jobs, "wake", wake)
     return sent

@@ -185,12 +185,12 @@ def test_submit_prints_the_job_id_and_reports_the_input(
     capsys, monkeypatch: pytest.MonkeyPatch, fake_redis, settings, tmp_path, store: JobStore
 ) -> None:
     """`submit FILE --json` prints {"job_id"}, reports invalid lines on stderr, starts it."""
-    import producers.submit as submit_module
+    from worker import jobs
 
     started: list[str] = []
     monkeypatch.setattr(cli, "get_settings", lambda: settings)
-    monkeypatch.setattr(submit_module, "store_for", lambda s, client=None: JobStore(fake_redis))
-    monkeypatch.setattr(submit_module, "wake", lambda store: started.append("woken"))
+    monkeypatch.setattr(jobs, "store_for", lambda s, client=None: JobStore(fake_redis))
+    monkeypatch.setattr(jobs, "wake", lambda store: started.append("woken"))
     ids_file = tmp_path / "ids.txt"
     ids_file.write_bytes(b"media_id\nvec-1\nvec-2\nvec-1\nbad/id\n")
     code, out, err = run(capsys, "submit", str(ids_file), "--reason", "cleanup", "--json")

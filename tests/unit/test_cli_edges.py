@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-import producers.submit
+import worker.jobs
 from producers import cli, demo, progress, report
 from producers.progress import ProgressPrinter, progress_line, summary
 from tests.unit.conftest import commit_next, take
@@ -46,7 +46,7 @@ def submit_store(
     monkeypatch: pytest.MonkeyPatch, cli_store: JobStore, started: list[tuple[str, str]]
 ) -> JobStore:
     """`submit` and `--dry-run` write to the test's store too (start tasks recorded)."""
-    monkeypatch.setattr(producers.submit, "store_for", lambda _s, client=None: cli_store)
+    monkeypatch.setattr(worker.jobs, "store_for", lambda _s, client=None: cli_store)
     return cli_store
 
 
@@ -428,7 +428,7 @@ def test_wait_keeps_polling_through_a_redis_blip(
         return real_status(job_id)
 
     monkeypatch.setattr(cli_store, "status", blip)
-    monkeypatch.setattr(producers.submit.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(worker.jobs.time, "sleep", lambda _s: None)
     code, out, err = run(capsys, "wait", finished)
     assert code == 0
     assert err.count("still trying for up to 60 s") == 1
@@ -444,8 +444,8 @@ def test_wait_gives_up_after_a_long_outage(
         raise StoreUnavailable("Redis did not answer: Connection refused")
 
     monkeypatch.setattr(cli_store, "status", down)
-    monkeypatch.setattr(producers.submit, "OUTAGE_S", 0.0)
-    monkeypatch.setattr(cli, "wait_for", _with_defaults(producers.submit.wait_for, outage_s=0))
+    monkeypatch.setattr(worker.jobs, "OUTAGE_S", 0.0)
+    monkeypatch.setattr(cli, "wait_for", _with_defaults(worker.jobs.wait_for, outage_s=0))
     code, _, err = run(capsys, "wait", finished)
     assert code == 1
     assert "REDIS_URL" in err
@@ -583,7 +583,7 @@ def test_submit_wait_prints_the_summary_wait_prints(
     def run_at_once(store: JobStore) -> None:
         commit_next(store, BatchCommit(deleted=[0], failed=[(1, "x")]))
 
-    monkeypatch.setattr(producers.submit, "wake", run_at_once)
+    monkeypatch.setattr(worker.jobs, "wake", run_at_once)
     ids = tmp_path / "ids.txt"
     ids.write_text("vec-1\nvec-2\n")
     code, out, _ = run(capsys, "submit", str(ids), "--reason", "x", "--wait")

@@ -1,4 +1,4 @@
-"""producers/ingest.py: id validation, line reading, batching and de-duplication."""
+"""worker/ingest.py: id validation, line reading, batching and de-duplication."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import producers.ingest as ingest
-from producers.ingest import Deduplicator, Line, batched, id_problem, read_id_runs, read_lines
+import worker.ingest as ingest
 from worker.errors import InputError
+from worker.ingest import Deduplicator, Line, batched, id_problem, read_id_runs, read_lines
 
 VALID_CHARS = "".join(c for c in string.printable[:94] if c not in "%,/\\")
 """Printable ASCII without space, '%', ',', '/' and '\\': what an id may hold."""

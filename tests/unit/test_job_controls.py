@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-import producers.submit as submit_module
 from producers import cli, control
 from producers.retry import is_retryable, retry_failed
 from producers.submit import dry_run, submit
 from tests.unit.conftest import commit_next, take
+from worker import jobs
 from worker.batch import Verdict
+from worker.beat import beat_schedule
 from worker.celery import CONTROL_QUEUE, DRAIN_TASK, QUEUE, WATCHDOG_TASK, celery_config
 from worker.errors import InputError, JobNotFound
 from worker.ratelimit import FleetLimiter
@@ -44,7 +45,7 @@ def use_cli(monkeypatch: pytest.MonkeyPatch, store: JobStore, settings, fake_red
     """The CLI's settings and store are the test's (fakeredis), for every command."""
     monkeypatch.setattr(cli, "get_settings", lambda: settings)
     monkeypatch.setattr(cli, "store_for", lambda _s, client=None: store)
-    monkeypatch.setattr(submit_module, "store_for", lambda _s, client=None: store)
+    monkeypatch.setattr(jobs, "store_for", lambda _s, client=None: store)
     return store
 
 
@@ -601,5 +602,5 @@ def test_workers_consume_the_control_queue_before_drains(settings) -> None:
     assert [q.routing_key for q in config["task_queues"]] == [CONTROL_QUEUE, QUEUE]
     assert config["broker_transport_options"]["queue_order_strategy"] == "priority"
     assert config["task_default_queue"] == QUEUE
-    watchdog = config["beat_schedule"]["watchdog"]
+    watchdog = beat_schedule(settings)["watchdog"]
     assert (watchdog["task"], watchdog["options"]["queue"]) == (WATCHDOG_TASK, CONTROL_QUEUE)

@@ -11,7 +11,6 @@ import pytest
 from rich.console import Console
 
 from producers import cli
-from producers import submit as submit_module
 from producers.progress import (
     ProgressPrinter,
     RateMeter,
@@ -22,6 +21,7 @@ from producers.progress import (
     progress_line,
 )
 from tests.unit.conftest import commit_next
+from worker import jobs
 from worker.keys import Keys
 from worker.ratelimit import FleetLimiter
 from worker.store import BatchCommit, JobStatus, JobStore
@@ -155,10 +155,12 @@ def test_on_a_terminal_a_live_bar_shows_progress_rate_eta_and_throttling() -> No
     assert "1,000/1,000 ids" in screen.getvalue()
 
 
-def test_the_fleet_pause_is_read_from_the_jobs_limiter(store: JobStore, fake_redis) -> None:
+def test_the_fleet_pause_is_read_from_the_jobs_limiter(
+    store: JobStore, fake_redis, settings
+) -> None:
     """`fleet_pause` reports the pause left of the limiter of the job's key alias."""
     FleetLimiter(fake_redis, Keys().limiter("default"), rate=10.0).pause(2.5)
-    probe = fleet_pause(store)
+    probe = fleet_pause(store, settings)
     assert probe(status()) == pytest.approx(2.5)
     assert probe(status(key_alias="tenant-b")) == 0.0
 
@@ -176,7 +178,7 @@ def finish_on_poll(monkeypatch: pytest.MonkeyPatch, cli_store: JobStore) -> Call
             n = cli_store.status(job_id).total
             commit_next(cli_store, BatchCommit(deleted=list(range(n))), job_id)
 
-        monkeypatch.setattr(submit_module.time, "sleep", sleep)
+        monkeypatch.setattr(jobs.time, "sleep", sleep)
 
     return arm
 

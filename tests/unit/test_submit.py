@@ -1,4 +1,5 @@
-"""producers/submit.py: reading, counting, staging and sealing a job on fakeredis."""
+"""worker/jobs.py through `producers.submit`: reading, counting, staging and sealing a job,
+on fakeredis."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""producers/sweeps.py: the sweeps file, schedules and ticks, one run per tick, the beat
-schedule, and the `sweeps` command, on fakeredis."""
+"""worker/sweeps.py and worker/beat.py: the sweeps file, schedules and ticks, one run per
+tick, the beat schedule; and the `sweeps` command (producers/sweeps.py), on fakeredis."""
 
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ from celery.beat import BeatLazyFunc
 from celery.schedules import crontab
 
 from producers import cli
-from producers.sweeps import (
+from tests.unit.conftest import unit_settings
+from worker.beat import beat_schedule
+from worker.celery import CONTROL_QUEUE, SWEEP_TASK
+from worker.errors import ConfigError
+from worker.store import JobStore
+from worker.sweeps import (
     current_tick,
     history,
     load_sweeps,
@@ -23,10 +28,6 @@ from producers.sweeps import (
     run_scheduled,
     tick_label,
 )
-from tests.unit.conftest import unit_settings
-from worker.celery import CONTROL_QUEUE, SWEEP_TASK, celery_config
-from worker.errors import ConfigError
-from worker.store import JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "ops" / "sweeps.example.toml"
@@ -73,7 +74,7 @@ def ids_text(n: int, prefix: str = "vec-") -> str:
 
 def test_the_beat_schedule_is_built_from_the_example_sweeps_file() -> None:
     """ops/sweeps.example.toml: one beat entry per sweep, its crontab, name and tick."""
-    schedule = celery_config(unit_settings(sweeps_file=EXAMPLE))["beat_schedule"]
+    schedule = beat_schedule(unit_settings(sweeps_file=EXAMPLE))
     assert set(schedule) == {"watchdog", "sweep:media-older-than-90-days", "sweep:takedown-lists"}
     entry = schedule["sweep:media-older-than-90-days"]
     assert entry["task"] == SWEEP_TASK
@@ -90,7 +91,7 @@ def test_the_beat_schedule_is_built_from_the_example_sweeps_file() -> None:
 
 def test_without_a_sweeps_file_beat_runs_only_the_watchdog() -> None:
     """WICKSON_SWEEPS_FILE unset: the schedule is the watchdog alone."""
-    assert set(celery_config(unit_settings())["beat_schedule"]) == {"watchdog"}
+    assert set(beat_schedule(unit_settings())) == {"watchdog"}
 
 
 def test_the_example_sweeps_resolve_paths_beside_the_file() -> None:

@@ -15,14 +15,14 @@ if state == 'paused' then
   return 1
 end
 if (state ~= 'failed' and state ~= 'cancelled') or hnum(K_JOB, 'not_attempted') == 0 then return 0 end
--- Un-count every id not attempted: bulk-skipped batches go back to never taken, ids
--- skipped inside taken batches lose their outcome (bit and record) and wait, pending.
-local total, from = hnum(K_JOB, 'batches_total'), hnum(K_JOB, 'skipped_from')
-local skipped = hnum(K_JOB, 'not_attempted')
-if redis.call('HEXISTS', K_JOB, 'skipped_from') == 1 then
+-- Un-count every id not attempted: batches never taken go back to never taken, ids not
+-- attempted inside taken batches lose their outcome (bit and record) and wait, pending.
+local total, from = hnum(K_JOB, 'batches_total'), hnum(K_JOB, 'not_attempted_from')
+local not_attempted = hnum(K_JOB, 'not_attempted')
+if redis.call('HEXISTS', K_JOB, 'not_attempted_from') == 1 then
   redis.call('HINCRBY', K_JOB, 'batches_done', from - total)
   redis.call('HSET', K_JOB, 'next', from)
-  redis.call('HDEL', K_JOB, 'skipped_from')
+  redis.call('HDEL', K_JOB, 'not_attempted_from')
 end
 local reopened, positions = {}, {}
 local cursor = '0'
@@ -41,7 +41,7 @@ repeat
 until cursor == '0'
 redis.call('DEL', K_NOT_ATTEMPTED)
 redis.call('HINCRBY', K_JOB, 'batches_done', -#reopened)
-redis.call('HINCRBY', K_JOB, 'not_attempted', -skipped)
+redis.call('HINCRBY', K_JOB, 'not_attempted', -not_attempted)
 local now = now_ms()
 redis.call('HSET', K_JOB, 'state', 'running', 'resumed_at', now, 'runnable_at', now + tonumber(ARGV[1]))
 redis.call('HDEL', K_JOB, 'finished_at', 'stop_state', 'stopped_at', 'stop_reason')

@@ -18,7 +18,7 @@ while next < total and redis.call('SISMEMBER', K_SENT, next) == 1 do
 end
 if next < total then
   local size = hnum(K_JOB, 'batch_size')
-  redis.call('HSET', K_JOB, 'skipped_from', next)
+  redis.call('HSET', K_JOB, 'not_attempted_from', next)
   redis.call('HINCRBY', K_JOB, 'not_attempted', hnum(K_JOB, 'valid') - size * next)
   redis.call('HINCRBY', K_JOB, 'batches_done', total - next)
 end

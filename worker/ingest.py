@@ -1,6 +1,6 @@
 """Reading ids: validation, de-duplication and batching, streamed, in flat memory.
 
-Pure, no Redis: `submit.py` feeds what these yield into the store.
+Pure, no Redis: `jobs.py` feeds what these yield into the store.
 """
 
 from __future__ import annotations

@@ -78,6 +78,10 @@ class RunContext:
     sleep: Callable[[float], None] = time.sleep
     shutting_down: Callable[[], bool] = lambda: False
     """True once the worker shuts down: hand the batch back before the next request."""
+    slice_over: Callable[[], bool] = lambda: False
+    """True once the drain's slice is over: hand the batch back before a later request,
+    so a drain holds its broker delivery for a slice plus one request and one wait, never
+    a whole retry loop (RabbitMQ's consumer_timeout, Redis' visibility timeout)."""
 
 
 @dataclass
@@ -207,6 +211,8 @@ class BatchRun:
         ctx, settings = self.ctx, self.ctx.settings
         if ctx.shutting_down():
             raise _HandBack(0.0, "worker shutting down")
+        if not first and ctx.slice_over():
+            raise _HandBack(0.0, "the drain's slice is over")
         if first:
             wait = self.taken.wait_s
             metrics.record_limiter_wait(wait)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -50,6 +50,7 @@ def drain(
     """Take and run batches for up to `slice_s` seconds (or until no job is runnable)."""
     settings, store = ctx.settings, ctx.store
     deadline = clock() + slice_s
+    ctx = replace(ctx, slice_over=lambda: clock() >= deadline)
     result = DrainResult(more=True)
     while clock() < deadline and not ctx.shutting_down():
         try:

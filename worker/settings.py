@@ -185,19 +185,22 @@ class Settings(BaseSettings):
                 f"={self.request_timeout_s:g} + 5: a request must end before its lease can"
                 " lapse, or another run could send the same ids at the same time"
             )
-        held = self.slice_s + self.lease_s
+        # A drain's run hands its batch back before any request after the slice: a drain
+        # holds its delivery for the slice plus one wait for a send slot and one request.
+        held = self.slice_s + self.max_wait_in_task_s + self.request_timeout_s
         if self.broker_is_amqp:
             if held * 2 > self.broker_consumer_timeout_s:
                 raise ValueError(
                     f"WICKSON_BROKER_CONSUMER_TIMEOUT_S={self.broker_consumer_timeout_s} must be"
-                    f" at least twice a drain message's longest hold (slice + lease: {held:g} s),"
-                    " or RabbitMQ closes the channel of a drain that still runs"
+                    " at least twice a drain message's longest hold (slice + a wait + a"
+                    f" request: {held:g} s), or RabbitMQ closes the channel of a drain that"
+                    " still runs"
                 )
         elif held * 2 > self.visibility_timeout_s:
             raise ValueError(
                 f"WICKSON_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must be at least twice"
-                f" a drain message's longest hold (slice + lease: {held:g} s), or the broker"
-                " redelivers it while it still runs"
+                " a drain message's longest hold (slice + a wait + a request:"
+                f" {held:g} s), or the broker redelivers it while it still runs"
             )
         return self
 

@@ -707,6 +707,28 @@ def test_a_worker_shutting_down_hands_its_batch_back_before_sending(
     assert take(store, "next").index == 0
 
 
+def test_a_run_hands_its_batch_back_before_a_later_request_once_the_slice_is_over(
+    make_job, store, wickson, make_client, limiter, clock, ids
+) -> None:
+    """A batch in a 5xx storm would keep its run (and the drain's broker delivery) for
+    every retry: once the slice is over the run sends nothing more, hands the batch back
+    takeable at once, and the next run finishes it."""
+    from worker.batch import BatchRun, RunContext
+
+    make_job(ids(10))
+    api = wickson(existing=ids(10))
+    api.then(wickson.error(500, "PROCESSING_ERROR", "busy"))
+    client = make_client(api)
+    ctx = RunContext(
+        store=store, settings=unit_settings(), tenant=lambda _a: (client, limiter),
+        sleep=clock.sleep, slice_over=lambda: True,
+    )  # fmt: skip
+    assert BatchRun(take(store), ctx).run() == Verdict.HANDED_BACK
+    assert len(api.requests) == 1  # the first request only: no retry after the slice
+    again = take(store, "next")
+    assert (again.index, again.sent_before) == (0, True)
+
+
 # -- pause and crash loops ---------------------------------------------------------------
 
 

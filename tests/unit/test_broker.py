@@ -60,13 +60,12 @@ def test_a_consumer_timeout_shorter_than_twice_a_drain_hold_is_refused_on_rabbit
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """RabbitMQ closes the channel of a delivery held past consumer_timeout: a drain holds
-    one for a slice plus a lease at most, and twice that must fit (the visibility
-    timeout's rule, for the other broker)."""
+    one for a slice plus a wait and a request at most (40 + 5 + 15 here), and twice that
+    must fit (the visibility timeout's rule, for the other broker)."""
     monkeypatch.setenv("WICKSON_BROKER_URL", AMQP)
     message = refusal(
         monkeypatch,
         WICKSON_SLICE_S="40",
-        WICKSON_LEASE_S="20",
         WICKSON_BROKER_CONSUMER_TIMEOUT_S="119",
     )
     assert "WICKSON_BROKER_CONSUMER_TIMEOUT_S=119" in message

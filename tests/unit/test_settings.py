@@ -157,8 +157,9 @@ def test_the_api_key_never_appears_in_a_refusal(
 def test_visibility_timeout_shorter_than_twice_a_drain_hold_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The visibility timeout must be at least twice a drain message's hold (slice + lease)."""
-    message = refusal(monkeypatch, WICKSON_LEASE_S="290", WICKSON_VISIBILITY_TIMEOUT_S="599")
+    """The visibility timeout must be at least twice a drain message's hold (slice + the
+    longest wait for a send slot + one request: 280 + 5 + 15 here)."""
+    message = refusal(monkeypatch, WICKSON_SLICE_S="280", WICKSON_VISIBILITY_TIMEOUT_S="599")
     assert "WICKSON_VISIBILITY_TIMEOUT_S" in message
     monkeypatch.setenv("WICKSON_VISIBILITY_TIMEOUT_S", "600")
     assert load_settings().visibility_timeout_s == 600

@@ -17,7 +17,7 @@ import redis
 from ops.fake_api import RunningFakeApi
 from producers.submit import Job
 from tests.helpers import wait_until
-from tests.services import ROOT, WorkerProcess, worker_env
+from tests.services import ROOT, RunningBroker, WorkerProcess, worker_env
 from worker.celery import CONTROL_QUEUE, SWEEP_TASK, app
 from worker.store import JobStore
 from worker.sweeps import history
@@ -84,12 +84,13 @@ def test_dry_run_then_retry_failed_and_report_through_the_cli(
     rclient: redis.Redis,
     redis_url: str,
     tmp_path: Path,
+    broker: RunningBroker,
 ) -> None:
     """A dry run writes nothing; a job whose first 3 requests got 500s (max 1 attempt)
     fails 300 ids retryably; retry-failed deletes them in a linked job; `report` and
     `jobs` tell it all."""
     fake = fake_api(items=3_000)
-    env = worker_env(redis_url, fake.url)
+    env = worker_env(redis_url, fake.url, broker_url=broker.worker_url(redis_url))
     foreign, unknown = [f"oth-{i:07d}" for i in range(50)], [f"vec-unknown-{i}" for i in range(50)]
     ids = [*owned(2_000), *foreign, *unknown, "bad id"]
     ids_file = tmp_path / "ids.txt"

@@ -15,7 +15,7 @@ import redis
 from ops.fake_api import RunningFakeApi
 from producers.submit import Job
 from tests.helpers import wait_until
-from tests.services import ROOT, WorkerProcess, worker_env
+from tests.services import ROOT, RunningBroker, WorkerProcess, worker_env
 from worker.celery import send_drains
 from worker.keys import Keys
 
@@ -163,6 +163,7 @@ def test_the_cli_runs_a_20k_job_on_two_workers_at_50_requests_per_second(
     rclient: redis.Redis,
     redis_url: str,
     tmp_path: Any,
+    broker: RunningBroker,
 ) -> None:
     """`submit --json` then `wait` then `status --json`: exact counts, no request over 100."""
     fake = fake_api(items=20_000, rate=50)
@@ -170,7 +171,7 @@ def test_the_cli_runs_a_20k_job_on_two_workers_at_50_requests_per_second(
     workers(fake.url, rate_limit=50, concurrency=4)
     ids = tmp_path / "ids.txt"
     ids.write_text("\n".join(f"vec-{i:07d}" for i in range(20_000)) + "\n")
-    env = worker_env(redis_url, fake.url)
+    env = worker_env(redis_url, fake.url, broker_url=broker.worker_url(redis_url))
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

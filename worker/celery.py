@@ -1,11 +1,12 @@
 """The Celery application: `celery -A worker worker` finds `app` here.
 
-The broker only wakes workers: drain messages (one per worker slot, renewed every
-slice) on the queue ``wickson-purge``, beat's watchdog and sweeps on
-``wickson-purge.control``, consumed first. Which batch runs next (priorities, fairness,
-recovery) is the store's business, not the broker's. Delivery is at least once: acks
-are late, a lost child requeues its task, and every task is written to run twice safely.
-When the worker is ready, a keeper thread (worker/keeper.py) keeps its slots busy.
+The broker (Redis or RabbitMQ: worker/broker.py) only wakes workers: drain messages (one
+per worker slot, renewed every slice) on the queue ``wickson-purge``, beat's watchdog and
+sweeps on ``wickson-purge.control`` (consumed first on Redis). Which batch runs next
+(priorities, fairness, recovery) is the store's business, not the broker's. Delivery is
+at least once: acks are late, a lost child requeues its task, and every task is written
+to run twice safely. When the worker is ready, a keeper thread (worker/keeper.py) keeps
+its slots busy.
 """
 
 from __future__ import annotations

@@ -11,12 +11,13 @@ last writes) and marks the work that may have been sent in that window.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 
 import structlog
 
-from worker.errors import PurgeError
+from worker.errors import PurgeError, StoreUnavailable
 from worker.store import JobStore
 
 log = structlog.get_logger("wickson_purge.keeper")
@@ -40,15 +41,23 @@ def wake_fleet(
         worker=worker, slots=slots, ticket_ttl_s=TICKET_TTL_S, heartbeat_s=heartbeat_s
     )
     if tickets:
-        try:
-            publish(tickets)
-        except BaseException:
-            # The broker is away: give the tickets back, so that the next tick (the first
-            # after the broker returns) publishes them instead of waiting for them to lapse.
+        publish_or_give_back(store, publish, tickets)
+    return len(tickets)
+
+
+def publish_or_give_back(
+    store: JobStore, publish: Callable[[Sequence[str]], object], tickets: Sequence[str]
+) -> None:
+    """Publish drain messages for `tickets`; if the broker refuses them, give the tickets
+    back and raise: the first keeper tick after the broker returns publishes them again,
+    instead of waiting for them to lapse."""
+    try:
+        publish(tickets)
+    except Exception:
+        with contextlib.suppress(StoreUnavailable):  # then they lapse, as they would have
             for ticket in tickets:
                 store.end_drain(ticket)
-            raise
-    return len(tickets)
+        raise
 
 
 class Keeper:

@@ -9,7 +9,6 @@ commits make that harmless.
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import redis
@@ -20,7 +19,7 @@ from celery.exceptions import Reject
 from worker.celery import DRAIN_TASK, SWEEP_TASK, WATCHDOG_TASK, app, send_drains
 from worker.drain import drain
 from worker.errors import BrokerUnavailable, StoreUnavailable
-from worker.keeper import wake_fleet
+from worker.keeper import publish_or_give_back, wake_fleet
 from worker.runtime import get_runtime
 
 log = structlog.get_logger("wickson_purge.tasks")
@@ -38,13 +37,10 @@ def drain_task(self: Task, ticket: str) -> str:
     result = drain(rt.context(), ticket, slice_s=rt.settings.slice_s)
     if result.more:
         try:
-            send_drains([ticket])
+            publish_or_give_back(rt.store, send_drains, [ticket])
         except BrokerUnavailable as exc:
-            # The broker is away. The ticket goes, so that a keeper publishes a new drain
-            # on its first tick after the broker returns (not once the ticket lapses).
+            # The broker is away: a keeper publishes a new drain once it is back.
             log.warning("drain.successor_unpublished", error=str(exc))
-            with contextlib.suppress(StoreUnavailable):
-                rt.store.end_drain(ticket)
     return ",".join(f"{k}={v}" for k, v in sorted(result.verdicts.items())) or "idle"
 
 

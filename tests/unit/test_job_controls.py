@@ -200,6 +200,34 @@ def test_a_keeper_that_cannot_publish_gives_its_tickets_back(
     assert [len(p) for p in published] == [4]
 
 
+def test_a_drain_whose_successor_the_broker_refuses_gives_its_ticket_back(
+    make_job, store: JobStore, settings, ids, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain's slice ends with work left and the broker refuses its successor: its
+    ticket goes at once, so the next keeper tick publishes a new drain (without this it
+    would block one for its whole lifetime, slice + lease)."""
+    from types import SimpleNamespace
+
+    from worker import tasks
+    from worker.drain import DrainResult
+    from worker.errors import BrokerUnavailable
+
+    make_job(ids(10))
+    [ticket] = store.wake(worker="w1", slots=1, ticket_ttl_s=10, heartbeat_s=6)
+    runtime = SimpleNamespace(store=store, settings=settings, context=lambda: None)
+    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
+    monkeypatch.setattr(tasks, "drain", lambda *_, **__: DrainResult(more=True))
+
+    def refuse(_tickets: object) -> None:
+        raise BrokerUnavailable("the broker did not take a wake-up: refused")
+
+    monkeypatch.setattr(tasks, "send_drains", refuse)
+    assert store.fleet_counts()["drains"] == 1
+    tasks.drain_task(ticket)
+    assert store.fleet_counts()["drains"] == 0
+    assert store.wake(worker="w1", slots=1, ticket_ttl_s=10, heartbeat_s=6) != []
+
+
 def test_a_submit_while_the_broker_is_away_queues_the_job_for_the_keepers(
     settings, fake_redis, monkeypatch: pytest.MonkeyPatch, ids
 ) -> None:

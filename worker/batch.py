@@ -208,11 +208,20 @@ class BatchRun:
 
     def _before_request(self, first: bool) -> None:
         """Hold a send slot and a live lease, or raise: _HandBack, _LeaseLost."""
-        ctx, settings = self.ctx, self.ctx.settings
+        ctx = self.ctx
         if ctx.shutting_down():
             raise _HandBack(0.0, "worker shutting down")
         if not first and ctx.slice_over():
             raise _HandBack(0.0, "the drain's slice is over")
+        self._hold_slot(first)
+        # A worker's waits end early when it shuts down: hand back rather than send
+        # before the slot, and a warm shutdown never waits out a backoff.
+        if ctx.shutting_down():
+            raise _HandBack(0.0, "worker shutting down")
+
+    def _hold_slot(self, first: bool) -> None:
+        """Wait for this request's send slot (the take's, or a fresh one) and renew."""
+        ctx, settings = self.ctx, self.ctx.settings
         if first:
             wait = self.taken.wait_s
             metrics.record_limiter_wait(wait)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,14 @@ from worker.ratelimit import FleetLimiter, limiter_for
 from worker.settings import DEFAULT_ALIAS, Settings, get_settings
 from worker.store import JobStore, store_for
 
+SHUTTING_DOWN = threading.Event()
+"""Set when the worker starts a warm shutdown: runs stop before their next request."""
+
+
+def sleep_unless_shutting_down(seconds: float) -> None:
+    """Sleep, or less once the worker starts a warm shutdown (the run then hands back)."""
+    SHUTTING_DOWN.wait(seconds)
+
 
 @dataclass
 class Runtime:
@@ -35,7 +42,7 @@ class Runtime:
     store: JobStore
     api_factory: Callable[[str], WicksonClient]
     """Builds the client of one key alias."""
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] = sleep_unless_shutting_down
     _clients: dict[str, WicksonClient] = field(default_factory=dict, repr=False)
     _limiters: dict[str, FleetLimiter] = field(default_factory=dict, repr=False)
 
@@ -77,7 +84,7 @@ def build_runtime(
     client: redis.Redis | None = None,
     *,
     api_factory: Callable[[str], WicksonClient] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = sleep_unless_shutting_down,
 ) -> Runtime:
     """A runtime from settings; `client` and `api_factory` replace the real ones."""
     client = client or redis.Redis.from_url(settings.redis_url, health_check_interval=30)
@@ -95,9 +102,6 @@ def build_runtime(
         sleep=sleep,
     )
 
-
-SHUTTING_DOWN = threading.Event()
-"""Set when the worker starts a warm shutdown: runs stop before their next request."""
 
 _current: Runtime | None = None
 _owner_pid: int | None = None

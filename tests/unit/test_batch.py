@@ -707,6 +707,32 @@ def test_a_worker_shutting_down_hands_its_batch_back_before_sending(
     assert take(store, "next").index == 0
 
 
+def test_a_run_whose_wait_a_shutdown_cut_short_hands_back_without_sending(
+    make_job, store, wickson, make_client, limiter, clock, ids
+) -> None:
+    """The worker's sleeps end early when it shuts down (runtime.sleep_unless_shutting_down):
+    a run waiting for its send slot then hands its batch back instead of sending before
+    the slot, and the batch is takeable at once."""
+    import threading
+
+    from worker.batch import BatchRun, RunContext
+
+    make_job(ids(10))
+    store.redis.hset(store.keys.limiter(), "tat", int((clock.now + 2) * 1e6))  # slot in 2 s
+    api = wickson(existing=ids(10))
+    client = make_client(api)
+    shutdown = threading.Event()
+    ctx = RunContext(
+        store=store, settings=unit_settings(), tenant=lambda _a: (client, limiter),
+        sleep=lambda _s: shutdown.set(), shutting_down=shutdown.is_set,
+    )  # fmt: skip
+    run = BatchRun(take(store), ctx)
+    assert run.taken.wait_s > 1
+    assert run.run() == Verdict.HANDED_BACK
+    assert api.requests == []
+    assert take(store, "next").index == 0
+
+
 def test_a_run_hands_its_batch_back_before_a_later_request_once_the_slice_is_over(
     make_job, store, wickson, make_client, limiter, clock, ids
 ) -> None:
